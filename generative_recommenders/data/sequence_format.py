@@ -36,6 +36,10 @@ SEQUENCE_COLUMNS = [
 ]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class DatasetFormatError(ValueError):
     """A prepared dataset file is missing, malformed or inconsistent."""
 
@@ -78,6 +82,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,86 @@
+"""Training, validation and test views of a :class:`SequenceDataset`, and their collate.
+
+A view holds one example per user: with ``ignore_last_n`` items dropped from
+the end, the newest remaining item is the target and the (at most
+``max_sequence_length``) items before it are the history.
+
+* test view: ``ignore_last_n=0`` (the last item is the target);
+* validation view: ``ignore_last_n=1`` (the second-to-last item);
+* training view: ``ignore_last_n=1`` for the reference protocol, ``2`` when a
+  validation item is held out.
+
+Ids are shifted by +1 so that 0 is padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from generative_recommenders.data.sequence_format import SequenceDataset
+
+
+class SequenceView(torch.utils.data.Dataset):
+    def __init__(self, data: SequenceDataset, max_sequence_length: int, ignore_last_n: int) -> None:
+        if max_sequence_length < 1:
+            raise ValueError(f"max_sequence_length must be >= 1, got {max_sequence_length}")
+        self.data = data
+        self.max_sequence_length = max_sequence_length
+        self.ignore_last_n = ignore_last_n
+        # A target needs at least one history item before it.
+        self.users = np.array(
+            [u for u, seq in enumerate(data.item_ids) if len(seq) - ignore_last_n >= 2],
+            dtype=np.int64,
+        )
+        self.num_skipped_users = data.num_users - len(self.users)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        user = int(self.users[index])
+        target = len(self.data.item_ids[user]) - 1 - self.ignore_last_n
+        start = max(0, target - self.max_sequence_length)
+        items = self.data.item_ids[user]
+        times = self.data.timestamps[user]
+        ratings = self.data.ratings[user]
+        return {
+            "user_index": user,
+            "history_ids": items[start:target] + 1,
+            "history_timestamps": times[start:target],
+            "history_ratings": ratings[start:target],
+            "target_id": int(items[target]) + 1,
+            "target_timestamp": int(times[target]),
+            "target_rating": float(ratings[target]),
+        }
+
+
+def collate_sequences(examples: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+    """Right-pads histories to the longest one + 1 position.
+
+    The extra position lets training append the target; ``history_timestamps``
+    holds the target's time there (the request time the model conditions on).
+    """
+    lengths = torch.tensor([len(e["history_ids"]) for e in examples], dtype=torch.int64)
+    batch_size, width = len(examples), int(lengths.max()) + 1
+    ids = torch.zeros(batch_size, width, dtype=torch.int64)
+    timestamps = torch.zeros(batch_size, width, dtype=torch.int64)
+    ratings = torch.zeros(batch_size, width, dtype=torch.float32)
+    for b, e in enumerate(examples):
+        n = len(e["history_ids"])
+        ids[b, :n] = torch.from_numpy(e["history_ids"])
+        timestamps[b, :n] = torch.from_numpy(e["history_timestamps"])
+        timestamps[b, n] = e["target_timestamp"]
+        ratings[b, :n] = torch.from_numpy(e["history_ratings"])
+    return {
+        "user_index": torch.tensor([e["user_index"] for e in examples], dtype=torch.int64),
+        "history_ids": ids,
+        "history_lengths": lengths,
+        "history_timestamps": timestamps,
+        "history_ratings": ratings,
+        "target_ids": torch.tensor([e["target_id"] for e in examples], dtype=torch.int64),
+        "target_timestamps": torch.tensor([e["target_timestamp"] for e in examples], dtype=torch.int64),
+        "target_ratings": torch.tensor([e["target_rating"] for e in examples], dtype=torch.float32),
+    }

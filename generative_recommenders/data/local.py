@@ -1,0 +1,161 @@
+"""The local dataset format and the item metadata file of a prepared dataset.
+
+A local dataset is a folder holding
+
+* ``interactions.csv``: header ``user_id,item_id``, optionally ``rating``
+  and/or ``timestamp`` (Unix seconds); ids are strings. Without
+  ``timestamp``, each user's rows are in chronological order.
+* ``items.jsonl``: one JSON object per line with ``item_id`` and free-form
+  text fields (strings or lists of strings), one line per item.
+
+A prepared dataset keeps its items' metadata in ``item_metadata.jsonl``, line
+``k`` describing item id ``k``, for the item text embedding step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import pandas as pd
+
+from generative_recommenders.data.sequence_format import DatasetFormatError, atomic_write_text
+
+INTERACTIONS_FILE = "interactions.csv"
+ITEMS_FILE = "items.jsonl"
+ITEM_METADATA_FILE = "item_metadata.jsonl"
+
+Items = Dict[str, Dict[str, Any]]
+
+
+def require_item_metadata(interactions: pd.DataFrame, items: Items, source: str) -> None:
+    """Raises DatasetFormatError if an interacted item has no metadata in ``source``."""
+    missing = pd.unique(interactions.loc[~interactions["item_id"].isin(list(items)), "item_id"])
+    if len(missing):
+        raise DatasetFormatError(
+            f"{source}: {len(missing)} interacted item(s) have no metadata line, "
+            f"e.g. item_id {missing[0]!r}"
+        )
+
+
+def _numeric_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetFormatError(
+            f"{path}, line {row + 2}: {column} {df[column].iloc[row]!r} is not a number "
+            f"({int(bad.sum())} bad value(s) in that column)"
+        )
+    return values
+
+
+def _read_interactions(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} not found: a local dataset needs {INTERACTIONS_FILE}")
+    try:
+        # keep_default_na=False: ids such as "NA" or "null" stay ids.
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetFormatError(f"{path} is empty: expected a header user_id,item_id") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DatasetFormatError(f"{path}: not a readable CSV file ({e})") from None
+    missing = [c for c in ("user_id", "item_id") if c not in df.columns]
+    if missing:
+        raise DatasetFormatError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header is {','.join(df.columns)}"
+        )
+    if len(df) == 0:
+        raise DatasetFormatError(f"{path} holds no interactions")
+    for column in ("user_id", "item_id"):
+        empty = df[column].str.strip() == ""
+        if empty.any():
+            raise DatasetFormatError(
+                f"{path}, line {int(np.flatnonzero(empty)[0]) + 2}: empty {column}"
+            )
+
+    out = df[["user_id", "item_id"]].copy()
+    out["rating"] = (
+        _numeric_column(df, "rating", path).astype(np.float64) if "rating" in df else 1.0
+    )
+    if "timestamp" in df:
+        # Fractional seconds are dropped: the contract stores whole seconds.
+        out["timestamp"] = np.floor(_numeric_column(df, "timestamp", path)).astype(np.int64)
+    else:
+        out["timestamp"] = out.groupby("user_id", sort=False).cumcount().astype(np.int64)
+    return out
+
+
+def _read_items(path: Path) -> Items:
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} not found: a local dataset needs {ITEMS_FILE}")
+    items: Items = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetFormatError(
+                    f"{path}, line {line_no}: malformed JSON ({e.msg})"
+                ) from None
+            if not isinstance(record, dict):
+                raise DatasetFormatError(f"{path}, line {line_no}: expected a JSON object")
+            if "item_id" not in record:
+                raise DatasetFormatError(f"{path}, line {line_no}: no item_id field")
+            item_id = str(record.pop("item_id"))
+            if item_id in items:
+                raise DatasetFormatError(
+                    f"{path}, line {line_no}: item_id {item_id!r} appears twice"
+                )
+            items[item_id] = record
+    return items
+
+
+def load_local_dataset(
+    local_dir: os.PathLike, min_sequence_length: int = 1
+) -> Tuple[pd.DataFrame, Items]:
+    """Reads a local-format dataset folder.
+
+    Returns the interactions (``user_id, item_id, rating, timestamp`` in row
+    order; rating 1.0 and per-user ordinal timestamps where the columns are
+    absent) and the item metadata (item id -> fields without ``item_id``).
+    Users with fewer than ``min_sequence_length`` interactions are dropped.
+    """
+    local_dir = Path(local_dir)
+    interactions_path = local_dir / INTERACTIONS_FILE
+    interactions = _read_interactions(interactions_path)
+    items_path = local_dir / ITEMS_FILE
+    items = _read_items(items_path)
+    require_item_metadata(interactions, items, str(items_path))
+
+    lengths = interactions.groupby("user_id", sort=False)["item_id"].transform("size")
+    short = lengths < min_sequence_length
+    if short.any():
+        dropped_users = interactions.loc[short, "user_id"].nunique()
+        print(
+            f"{interactions_path}: dropped {dropped_users} user(s) with fewer than "
+            f"{min_sequence_length} interactions ({int(short.sum())} interactions)"
+        )
+        interactions = interactions.loc[~short].reset_index(drop=True)
+        if len(interactions) == 0:
+            raise DatasetFormatError(
+                f"{interactions_path}: no user has {min_sequence_length} or more interactions"
+            )
+    return interactions, items
+
+
+def write_item_metadata(out_dir: os.PathLike, items: Items, id2item: List[str]) -> Path:
+    """Writes ``item_metadata.jsonl``: line k is item id k's metadata with its ``item_id``.
+
+    ``items`` maps each raw item id of ``id2item`` to its fields (without
+    ``item_id``); the loaders guarantee that with :func:`require_item_metadata`.
+    """
+    path = Path(out_dir) / ITEM_METADATA_FILE
+    lines = [json.dumps({"item_id": item, **items[item]}, ensure_ascii=False) for item in id2item]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

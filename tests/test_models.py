@@ -1,0 +1,155 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from generative_recommenders.modeling.hstu import (
+    HSTUEncoder,
+    RelativeAttentionBias,
+    request_time_buckets,
+    time_bucket,
+)
+from generative_recommenders.modeling.sasrec import SASRecEncoder
+from generative_recommenders.modeling.sequential import ItemEmbedding, SequentialRecommender
+
+NUM_ITEMS, DIM, MAX_LEN = 30, 16, 12
+
+
+def test_time_bucket_known_values():
+    deltas = torch.tensor([0, 1, -1, 2, 3, 10, 60, 3600, 86400, -86400, 10**12, 10**15])
+    expected = [
+        0, 0, 0,
+        int(math.log(2) / 0.301),  # 2
+        int(math.log(3) / 0.301),  # 3
+        int(math.log(10) / 0.301),  # 7
+        int(math.log(60) / 0.301),  # 13
+        int(math.log(3600) / 0.301),  # 27
+        int(math.log(86400) / 0.301),  # 37
+        int(math.log(86400) / 0.301),
+        91,  # ln(1e12) / 0.301
+        114,  # ln(1e15) / 0.301
+    ]
+    assert time_bucket(deltas).tolist() == expected
+    assert time_bucket(torch.tensor([10**18])).item() == 128  # ln(1e18) / 0.301 = 137.7, clamped
+
+
+def test_request_time_buckets_use_the_next_event_time():
+    ts = torch.tensor([[100, 110, 1100]])
+    buckets = request_time_buckets(ts)
+    # Query 0 is asked at t_1 = 110: gaps to keys 100, 110, 1100 are 10, 0, 990.
+    assert buckets[0, 0].tolist() == time_bucket(torch.tensor([10, 0, 990])).tolist()
+    # The last query repeats its own time (1100).
+    assert buckets[0, 2].tolist() == time_bucket(torch.tensor([1000, 990, 0])).tolist()
+
+
+def test_relative_bias_matches_the_reference_pad_repeat_construction():
+    n = 7
+    bias = RelativeAttentionBias(n)
+    w = bias.position_weights.detach()
+    # The reference builds the [N, N] position bias by padding, repeating and slicing.
+    t = F.pad(w[: 2 * n - 1], [0, n]).repeat(n)[:-n].reshape(1, n, 3 * n - 2)
+    r = (2 * n - 1) // 2
+    expected = t[..., r:-r][0]
+    zero_buckets = torch.zeros(1, n, n, dtype=torch.long)
+    got = bias(zero_buckets)[0] - bias.time_weights[0].detach()
+    torch.testing.assert_close(got.detach(), expected)
+    # A shorter batch sees the top-left block of the same matrix.
+    torch.testing.assert_close(
+        (bias(zero_buckets[:, :4, :4])[0] - bias.time_weights[0]).detach(), expected[:4, :4]
+    )
+
+
+def _model(kind: str) -> SequentialRecommender:
+    if kind == "hstu":
+        encoder = HSTUEncoder(DIM, MAX_LEN, num_blocks=2, num_heads=2, dqk=4, dv=8,
+                              linear_dropout_rate=0.0, attn_dropout_rate=0.0,
+                              enable_relative_attention_bias=True)
+    else:
+        encoder = SASRecEncoder(DIM, MAX_LEN, num_blocks=2, num_heads=2, ffn_hidden_dim=DIM,
+                                ffn_activation_fn="relu", ffn_dropout_rate=0.0)
+    model = SequentialRecommender(ItemEmbedding(NUM_ITEMS, DIM), encoder, MAX_LEN, dropout_rate=0.0)
+    return model.eval()
+
+
+def _batch(lengths, width):
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    ts = torch.zeros(len(lengths), width, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = torch.randint(1, NUM_ITEMS + 1, (n,))
+        m = min(n + 1, width)
+        ts[b, :m] = torch.cumsum(torch.randint(0, 5000, (m,)), 0)
+    return ids, torch.tensor(lengths), ts
+
+
+@pytest.mark.parametrize("kind", ["hstu", "sasrec"])
+def test_outputs_are_unit_norm_and_zero_free(kind, jagged_backend):
+    model = _model(kind)
+    ids, lengths, ts = _batch([1, 5, 11], 11)
+    out = model.encode(ids, lengths, ts)
+    for b, n in enumerate(lengths.tolist()):
+        norms = out[b, :n].norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+@pytest.mark.parametrize("kind", ["hstu", "sasrec"])
+def test_causality(kind, jagged_backend):
+    model = _model(kind)
+    ids, lengths, ts = _batch([9, 9], 10)
+    out = model.encode(ids, lengths, ts)
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] % NUM_ITEMS) + 1
+    changed_ts = ts.clone()
+    changed_ts[:, 7:] += 10**6  # later events, and the requests after them
+    out2 = model.encode(changed, lengths, changed_ts)
+    # Position 5 is requested at t_6 (unchanged) and sees items 0..5 only.
+    torch.testing.assert_close(out[:, :6], out2[:, :6])
+    assert not torch.allclose(out[:, 6:9], out2[:, 6:9])
+
+
+@pytest.mark.parametrize("kind", ["hstu", "sasrec"])
+def test_padding_invariance(kind, jagged_backend):
+    model = _model(kind)
+    ids, lengths, ts = _batch([1, 4, 7], 8)
+    out = model.encode(ids, lengths, ts)
+    wide_ids = F.pad(ids, [0, 4])
+    wide_ts = F.pad(ts, [0, 4])
+    wide = model.encode(wide_ids, lengths, wide_ts)
+    for b, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(out[b, :n], wide[b, :n])
+    # A sequence alone in its batch gives what it gives beside others.
+    alone = model.encode(ids[1:2, :5], lengths[1:2], ts[1:2, :5])
+    torch.testing.assert_close(alone[0, :4], out[1, :4])
+
+
+def test_query_embedding_is_the_last_history_position():
+    model = _model("hstu")
+    ids, lengths, ts = _batch([3, 6], 7)
+    q = model.query_embeddings(ids, lengths, ts)
+    out = model.encode(ids, lengths, ts)
+    torch.testing.assert_close(q, torch.stack([out[0, 2], out[1, 5]]))
+
+
+def test_hstu_same_on_torch_and_fbgemm_backends():
+    from generative_recommenders.ops import jagged
+
+    if not jagged.fbgemm_available():
+        pytest.skip("fbgemm_gpu does not import")
+    model = _model("hstu").train()
+    ids, lengths, ts = _batch([2, 9, 5], 10)
+    grads = {}
+    for backend in jagged.BACKENDS:
+        jagged.set_backend(backend)
+        model.zero_grad()
+        out = model.encode(ids, lengths, ts)
+        out.square().sum().backward()
+        grads[backend] = (out.detach(), model.encoder.blocks[0].uvqk.grad.clone())
+    jagged.set_backend(None)
+    torch.testing.assert_close(grads["torch"], grads["fbgemm"])
+
+
+def test_too_long_batch_is_a_clear_error():
+    model = _model("hstu")
+    ids, lengths, ts = _batch([3], MAX_LEN + 1)
+    with pytest.raises(ValueError, match="max_sequence_len"):
+        model.encode(ids, lengths, ts)

@@ -1,0 +1,119 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from generative_recommenders.data.dataset import SequenceView, collate_sequences
+from generative_recommenders.data.sequence_format import (
+    DatasetFormatError,
+    load_sequence_dataset,
+    write_sequence_dataset,
+)
+
+
+@pytest.fixture
+def small(tmp_path):
+    # User "u1": items a, b, c, d, e at times 10..50; user "u2": c, a, b with a time tie.
+    df = pd.DataFrame(
+        {
+            "user_id": ["u1"] * 5 + ["u2"] * 3,
+            "item_id": ["a", "b", "c", "d", "e", "c", "b", "a"],
+            "rating": [5, 4, 3, 2, 1, 3, 3, 3],
+            "timestamp": [10, 20, 30, 40, 50, 7, 9, 9],
+        }
+    )
+    write_sequence_dataset(tmp_path / "small", df)
+    return load_sequence_dataset(tmp_path / "small")
+
+
+def test_contract_files(small, tmp_path):
+    # Ids in order of first appearance: a0 b1 c2 d3 e4; the tie at t=9 is broken by item id.
+    text = (tmp_path / "small" / "sasrec_format.csv").read_text()
+    assert text.splitlines() == [
+        "user_id,sequence_item_ids,sequence_ratings,sequence_timestamps",
+        '0,"0,1,2,3,4","5,4,3,2,1","10,20,30,40,50"',
+        '1,"2,0,1","3,3,3","7,9,9"',
+    ]
+    maps = json.loads((tmp_path / "small" / "data_maps.json").read_text())
+    assert maps["id2item"] == ["a", "b", "c", "d", "e"] and maps["item2id"]["e"] == 4
+    assert maps["num_items"] == 5 and maps["num_users"] == 2
+
+
+def test_views_pick_the_right_targets(small):
+    test = SequenceView(small, max_sequence_length=3, ignore_last_n=0)
+    valid = SequenceView(small, max_sequence_length=3, ignore_last_n=1)
+    train = SequenceView(small, max_sequence_length=3, ignore_last_n=2)
+    # Ids are shifted by +1; history is the last 3 items before the target.
+    assert test[0]["target_id"] == 5 and test[0]["history_ids"].tolist() == [2, 3, 4]
+    assert valid[0]["target_id"] == 4 and valid[0]["history_ids"].tolist() == [1, 2, 3]
+    assert train[0]["target_id"] == 3 and train[0]["history_ids"].tolist() == [1, 2]
+    assert test[1]["target_id"] == 2 and test[1]["history_ids"].tolist() == [3, 1]
+    # u2 has 3 items: held out two, only one is left, so no training example.
+    assert len(train) == 1 and train.num_skipped_users == 1
+    # The validation item never reaches training examples.
+    for i in range(len(train)):
+        user = int(train.users[i])
+        held_out = small.item_ids[user][-2:] + 1
+        assert train[i]["target_id"] not in held_out
+        assert not set(train[i]["history_ids"].tolist()) & set(held_out.tolist()) - {train[i]["target_id"]}
+
+
+def test_collate_pads_and_places_the_request_time(small):
+    view = SequenceView(small, max_sequence_length=10, ignore_last_n=0)
+    batch = collate_sequences([view[0], view[1]])
+    assert batch["history_ids"].tolist() == [[1, 2, 3, 4, 0], [3, 1, 0, 0, 0]]
+    assert batch["history_lengths"].tolist() == [4, 2]
+    assert batch["history_timestamps"].tolist() == [[10, 20, 30, 40, 50], [7, 9, 9, 0, 0]]
+    assert batch["target_ids"].tolist() == [5, 2]
+    assert batch["history_ratings"][0].tolist() == [5, 4, 3, 2, 0]
+
+
+def _write(folder, csv_text, num_items=3):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sasrec_format.csv").write_text(csv_text)
+    (folder / "data_maps.json").write_text(json.dumps({"num_items": num_items}))
+    return folder
+
+
+HEADER = "user_id,sequence_item_ids,sequence_ratings,sequence_timestamps\n"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('0,"0,1,7","1,1,1","1,2,3"\n', "unknown item id 7"),
+        ('0,"0,1","1,1,1","1,2,3"\n', "2 items, 3 ratings"),
+        ('0,"0,x","1,1","1,2"\n', "not a comma-joined list"),
+        ('0,"0,1","1,nan","1,2"\n', "NaN"),
+        ('0,"0,1","1,1","5,2"\n', "chronological"),
+        ('0,"0,1"\n', "expected 4 fields"),
+        ("", "holds no users"),
+    ],
+)
+def test_bad_sequence_files_name_the_file_and_problem(tmp_path, body, message):
+    folder = _write(tmp_path / "bad", HEADER + body)
+    with pytest.raises(DatasetFormatError, match=message) as err:
+        load_sequence_dataset(folder)
+    assert "sasrec_format.csv" in str(err.value)
+
+
+def test_missing_and_garbled_files(tmp_path):
+    with pytest.raises(DatasetFormatError, match="not found: prepare the dataset"):
+        load_sequence_dataset(tmp_path / "nothing")
+    folder = _write(tmp_path / "garbled", "\x00\x01 garbage;;\n1,2\n")
+    with pytest.raises(DatasetFormatError, match="expected header"):
+        load_sequence_dataset(folder)
+    (folder / "data_maps.json").write_text("{not json")
+    with pytest.raises(DatasetFormatError, match="data_maps.json"):
+        load_sequence_dataset(folder)
+
+
+def test_writer_rejects_empty_and_missing_values(tmp_path):
+    empty = pd.DataFrame(columns=["user_id", "item_id", "rating", "timestamp"])
+    with pytest.raises(DatasetFormatError, match="no interactions"):
+        write_sequence_dataset(tmp_path / "e", empty)
+    nan = pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "rating": [np.nan], "timestamp": [1]})
+    with pytest.raises(DatasetFormatError, match="missing ratings"):
+        write_sequence_dataset(tmp_path / "n", nan)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "n").exists()
