@@ -133,20 +133,24 @@ class HSTUBlock(torch.nn.Module):
         return self.output(F.dropout(gated, p=self.dropout_rate, training=self.training)) + x
 
 
+@gin.configurable("hstu_encoder")
 class HSTUEncoder(torch.nn.Module):
-    """A stack of HSTU blocks: padded ``[B, L, D]`` in and out."""
+    """A stack of HSTU blocks: padded ``[B, L, D]`` in and out.
+
+    Configured as ``hstu_encoder.*`` with the reference configs' names.
+    """
 
     def __init__(
         self,
         embedding_dim: int,
         max_sequence_len: int,
-        num_blocks: int,
-        num_heads: int,
-        dqk: int,
-        dv: int,
-        linear_dropout_rate: float,
-        attn_dropout_rate: float,
-        enable_relative_attention_bias: bool,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        dqk: int = 64,
+        dv: int = 64,
+        linear_dropout_rate: float = 0.0,
+        attn_dropout_rate: float = 0.0,
+        enable_relative_attention_bias: bool = True,
     ) -> None:
         super().__init__()
         self.max_sequence_len = max_sequence_len
@@ -189,30 +193,4 @@ class HSTUEncoder(torch.nn.Module):
         for block in self.blocks:
             values = block(values, offsets, padded_length, time_buckets, causal_mask)
         return jagged.jagged_to_padded_dense(values, offsets, padded_length)
-
-
-@gin.configurable
-def hstu_encoder(
-    embedding_dim: int,
-    max_sequence_len: int,
-    num_blocks: int = 2,
-    num_heads: int = 1,
-    dqk: int = 64,
-    dv: int = 64,
-    linear_dropout_rate: float = 0.0,
-    attn_dropout_rate: float = 0.0,
-    enable_relative_attention_bias: bool = True,
-) -> HSTUEncoder:
-    """Gin entry point; parameter names match the HSTU reference configs."""
-    return HSTUEncoder(
-        embedding_dim=embedding_dim,
-        max_sequence_len=max_sequence_len,
-        num_blocks=num_blocks,
-        num_heads=num_heads,
-        dqk=dqk,
-        dv=dv,
-        linear_dropout_rate=linear_dropout_rate,
-        attn_dropout_rate=attn_dropout_rate,
-        enable_relative_attention_bias=enable_relative_attention_bias,
-    )
 

@@ -51,18 +51,22 @@ class SASRecBlock(torch.nn.Module):
         return (self.ffn(hidden) + hidden) * valid_mask
 
 
+@gin.configurable("sasrec_encoder")
 class SASRecEncoder(torch.nn.Module):
-    """Causal Transformer blocks on padded ``[B, L, D]`` inputs."""
+    """Causal Transformer blocks on padded ``[B, L, D]`` inputs.
+
+    Configured as ``sasrec_encoder.*`` with the reference configs' names.
+    """
 
     def __init__(
         self,
         embedding_dim: int,
         max_sequence_len: int,
-        num_blocks: int,
-        num_heads: int,
-        ffn_hidden_dim: int,
-        ffn_activation_fn: str,
-        ffn_dropout_rate: float,
+        num_blocks: int = 2,
+        num_heads: int = 1,
+        ffn_hidden_dim: int = 64,
+        ffn_activation_fn: str = "relu",
+        ffn_dropout_rate: float = 0.2,
     ) -> None:
         super().__init__()
         self.max_sequence_len = max_sequence_len
@@ -99,24 +103,3 @@ class SASRecEncoder(torch.nn.Module):
             x = block(x, causal_mask, valid_mask)
         return x
 
-
-@gin.configurable
-def sasrec_encoder(
-    embedding_dim: int,
-    max_sequence_len: int,
-    num_blocks: int = 2,
-    num_heads: int = 1,
-    ffn_hidden_dim: int = 64,
-    ffn_activation_fn: str = "relu",
-    ffn_dropout_rate: float = 0.2,
-) -> SASRecEncoder:
-    """Gin entry point; parameter names match the HSTU reference configs."""
-    return SASRecEncoder(
-        embedding_dim=embedding_dim,
-        max_sequence_len=max_sequence_len,
-        num_blocks=num_blocks,
-        num_heads=num_heads,
-        ffn_hidden_dim=ffn_hidden_dim,
-        ffn_activation_fn=ffn_activation_fn,
-        ffn_dropout_rate=ffn_dropout_rate,
-    )

@@ -34,9 +34,9 @@ from generative_recommenders.data.dataset import SequenceView, collate_sequences
 from generative_recommenders.data.sequence_format import atomic_write_text, load_sequence_dataset
 from generative_recommenders.evaluation.metrics import format_metrics
 from generative_recommenders.evaluation.ranking import evaluate_ranking
-from generative_recommenders.modeling.hstu import hstu_encoder
+from generative_recommenders.modeling.hstu import HSTUEncoder
 from generative_recommenders.modeling.losses import sample_negatives, sampled_softmax_loss
-from generative_recommenders.modeling.sasrec import sasrec_encoder
+from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.sequential import ItemEmbedding, SequentialRecommender
 
 PROTOCOLS = ("validated", "reference")
@@ -87,9 +87,9 @@ def build_model(
     l2_norm_eps: float,
 ) -> SequentialRecommender:
     if main_module == "HSTU":
-        encoder = hstu_encoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
+        encoder = HSTUEncoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
     elif main_module == "SASRec":
-        encoder = sasrec_encoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
+        encoder = SASRecEncoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
     else:
         raise ValueError(f"train_fn.main_module={main_module!r}; choose 'HSTU' or 'SASRec'")
     return SequentialRecommender(
