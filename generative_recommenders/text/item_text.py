@@ -1,0 +1,211 @@
+"""Item text recipes: one metadata record in, the text to embed out.
+
+Each recipe is a function ``(record: dict) -> str`` over one line of a
+prepared dataset's ``item_metadata.jsonl``. :func:`item_texts` applies a
+recipe to every item of a dataset, in item id order.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from generative_recommenders.data.local import ITEM_METADATA_FILE
+from generative_recommenders.data.sequence_format import DatasetFormatError
+
+AMAZON_FIELDS = ("title", "features", "categories", "description")
+STEAM_FIELDS = ("app_name", "publisher", "developer", "genres", "tags", "specs")
+
+_TAG = re.compile(r"<[^>]+>")
+_NON_ASCII = re.compile(r"[^\x00-\x7F]")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> bool:
+    """Whether ``value`` is something :func:`clean_text` turns into text."""
+    if isinstance(value, list):
+        return all(_is_text(v) for v in value)
+    return value is None or isinstance(value, str) or _is_number(value)
+
+
+def clean_text(value: Any) -> str:
+    """Cleans one metadata field the way the reference does for Amazon items.
+
+    A list has each element cleaned, the non-empty ones joined with ", " and
+    ended with "." (as the reference, even when the last element already ends
+    with one). A string is HTML-unescaped, stripped of tags (with no space in
+    their place, as the reference), has non-ASCII characters replaced by a
+    space and whitespace runs (newlines and tabs included) collapsed to one
+    space. Numbers become ``str(value)``; None and NaN become "".
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, list):
+        parts = [part for part in map(clean_text, value) if part]
+        return ", ".join(parts) + "." if parts else ""
+    if _is_number(value):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"cannot clean a {type(value).__name__} as text: {value!r:.80}")
+    text = html.unescape(value)
+    text = _TAG.sub("", text)
+    # The reference drops non-ASCII characters; the space keeps words apart.
+    text = _NON_ASCII.sub(" ", text)
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def amazon_item_text(record: Dict[str, Any]) -> str:
+    """Title, features, categories and description, each cleaned, joined by a space."""
+    return " ".join(text for text in (clean_text(record.get(f)) for f in AMAZON_FIELDS) if text)
+
+
+def steam_item_text(record: Dict[str, Any]) -> str:
+    """The reference's Steam text: the non-empty fields of STEAM_FIELDS joined with " | ".
+
+    Lists are joined with ", "; no further cleaning, as the reference.
+    """
+    fields = []
+    for key in STEAM_FIELDS:
+        value = record.get(key)
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        if value is not None and str(value).strip():
+            fields.append(str(value).strip())
+    return " | ".join(fields)
+
+
+def _squeeze(value: Any) -> str:
+    return "" if value is None else _WHITESPACE.sub(" ", str(value)).strip()
+
+
+def movielens_item_text(record: Dict[str, Any]) -> str:
+    """Title, year and genres, e.g. ``Toy Story (1995). Genres: Animation, Comedy.``.
+
+    Absent parts are left out.
+    """
+    title, year = _squeeze(record.get("title")), _squeeze(record.get("year"))
+    head = " ".join(part for part in (title, f"({year})" if year else "") if part)
+    genres = record.get("genres") or []
+    if isinstance(genres, str):
+        genres = [genres]
+    genre_text = ", ".join(g for g in map(_squeeze, genres) if g)
+    sentences = [head + "." if head else "", f"Genres: {genre_text}." if genre_text else ""]
+    return " ".join(s for s in sentences if s)
+
+
+def local_item_text(record: Dict[str, Any], fields: Optional[Sequence[str]] = None) -> str:
+    """The record's text fields, each cleaned with :func:`clean_text`, joined by a space.
+
+    Without ``fields``, every field but ``item_id`` whose value is text
+    (strings, numbers or lists of them) is used, in the record's key order;
+    other values (objects, booleans) are skipped. With ``fields``, exactly
+    those are used, in that order; a missing one counts as empty and one that
+    is not text is an error.
+    """
+    if fields is None:
+        fields = [k for k, v in record.items() if k != "item_id" and _is_text(v)]
+    texts = []
+    for field in fields:
+        value = record.get(field)
+        if not _is_text(value):
+            raise ValueError(
+                f"item {record.get('item_id')!r}: field {field!r} holds a "
+                f"{type(value).__name__}, not text (strings, numbers or lists of them)"
+            )
+        texts.append(clean_text(value))
+    return " ".join(text for text in texts if text)
+
+
+RECIPES: Dict[str, Callable[[Dict[str, Any]], str]] = {
+    "amazon": amazon_item_text,
+    "steam": steam_item_text,
+    "movielens": movielens_item_text,
+    "local": local_item_text,
+}
+
+
+def _recipe(recipe: str, fields: Optional[Sequence[str]]) -> Callable[[Dict[str, Any]], str]:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown item text recipe {recipe!r}; choose from {sorted(RECIPES)}")
+    if fields is not None:
+        if recipe != "local":
+            raise ValueError(f"fields= selects fields of the 'local' recipe only, not {recipe!r}")
+        return partial(local_item_text, fields=fields)
+    return RECIPES[recipe]
+
+
+def item_texts(
+    records: Sequence[Dict[str, Any]], recipe: str, fields: Optional[Sequence[str]] = None
+) -> List[str]:
+    """The text of every item, ``texts[k]`` from ``records[k]``, with recipe ``recipe``.
+
+    An item whose recipe text is empty gets its ``item_id`` string instead:
+    an empty text would give every such item the same embedding, the item id
+    at least tells them apart. :func:`count_empty_texts` says how many.
+    ``fields`` chooses the fields of the ``local`` recipe.
+    """
+    make_text = _recipe(recipe, fields)
+    texts = []
+    for k, record in enumerate(records):
+        text = make_text(record)
+        if not text:
+            if "item_id" not in record:
+                raise ValueError(f"item {k} has an empty text and no item_id to fall back on")
+            text = str(record["item_id"])
+        texts.append(text)
+    return texts
+
+
+def count_empty_texts(
+    records: Sequence[Dict[str, Any]], recipe: str, fields: Optional[Sequence[str]] = None
+) -> int:
+    """How many items get their item id as text from :func:`item_texts` (empty recipe text)."""
+    make_text = _recipe(recipe, fields)
+    return sum(1 for record in records if not make_text(record))
+
+
+def read_item_metadata(data_dir: os.PathLike) -> List[Dict[str, Any]]:
+    """Reads ``item_metadata.jsonl`` of a prepared dataset: element k describes item id k.
+
+    Raises DatasetFormatError naming the file (and line) for a missing file,
+    a blank or malformed line, a line that is not an object or one without
+    ``item_id``.
+    """
+    path = Path(data_dir) / ITEM_METADATA_FILE
+    if not path.is_file():
+        raise DatasetFormatError(
+            f"{path} not found: prepare the dataset first "
+            f"(python3 preprocess_public_data.py --dataset {Path(data_dir).name})"
+        )
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            # A skipped line would shift every later item id by one.
+            if not line.strip():
+                raise DatasetFormatError(
+                    f"{path}, line {line_no}: empty line (line k must describe item id k - 1)"
+                )
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetFormatError(
+                    f"{path}, line {line_no}: malformed JSON ({e.msg})"
+                ) from None
+            if not isinstance(record, dict):
+                raise DatasetFormatError(f"{path}, line {line_no}: expected a JSON object")
+            if "item_id" not in record:
+                raise DatasetFormatError(f"{path}, line {line_no}: no item_id field")
+            records.append(record)
+    if not records:
+        raise DatasetFormatError(f"{path} holds no items")
+    return records

@@ -1,0 +1,206 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from generative_recommenders.data.local import write_item_metadata
+from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.text.item_text import (
+    RECIPES,
+    amazon_item_text,
+    clean_text,
+    count_empty_texts,
+    item_texts,
+    local_item_text,
+    movielens_item_text,
+    read_item_metadata,
+    steam_item_text,
+)
+
+# An Amazon Reviews 2023 metadata line, in the release's format.
+AMAZON_RECORD = {
+    "item_id": "B01N1037CV",
+    "main_category": "Video Games",
+    "title": "Mario Kart&trade; 8 Deluxe - Nintendo Switch",
+    "average_rating": 4.8,
+    "rating_number": 20941,
+    "features": [
+        "Hit the road with the definitive version of Mario Kart 8",
+        "Includes all 48 courses &amp; 42 characters<br/>",
+    ],
+    "description": ["Race your friends.", "<p>Battle on the go!</p>"],
+    "price": 49.99,
+    "images": [],
+    "videos": [],
+    "store": "Nintendo",
+    "categories": ["Video Games", "Nintendo Switch", "Games"],
+    "details": {"Release date": "April 28, 2017", "Rated": "Everyone"},
+    "parent_asin": "B01N1037CV",
+    "bought_together": None,
+}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("Tom &amp; Jerry&#39;s &quot;Best&quot;", 'Tom & Jerry\'s "Best"'),
+        ("<b>Bold</b> move", "Bold move"),
+        # Tags go without a space, as in the reference.
+        ("Line one<br/>Line two", "Line oneLine two"),
+        ("&lt;i&gt;escaped tag&lt;/i&gt;", "escaped tag"),
+        ("caf\u00e9 \u2122 \U0001F600 ok", "caf ok"),
+        ("a\n\tb\r\n   c  ", "a b c"),
+        (["Great &amp; fun", "", None, "Two<b>x</b>"], "Great & fun, Twox."),
+        (["Already ends."], "Already ends.."),
+        ([], ""),
+        (["", None], ""),
+        (None, ""),
+        (float("nan"), ""),
+        (4.5, "4.5"),
+        (12, "12"),
+    ],
+)
+def test_clean_text(value, expected) -> None:
+    assert clean_text(value) == expected
+
+
+def test_clean_text_rejects_objects() -> None:
+    with pytest.raises(TypeError, match="dict"):
+        clean_text({"a": 1})
+
+
+def test_amazon_real_record() -> None:
+    assert amazon_item_text(AMAZON_RECORD) == (
+        "Mario Kart 8 Deluxe - Nintendo Switch "
+        "Hit the road with the definitive version of Mario Kart 8, "
+        "Includes all 48 courses & 42 characters. "
+        "Video Games, Nintendo Switch, Games. "
+        "Race your friends., Battle on the go!."
+    )
+
+
+def test_amazon_missing_and_empty_fields_are_skipped() -> None:
+    record = {"item_id": "X", "title": None, "features": [], "categories": ["Office"]}
+    assert amazon_item_text(record) == "Office."
+    assert amazon_item_text({"item_id": "X", "description": ["", None]}) == ""
+
+
+def test_steam() -> None:
+    record = {
+        "id": "35140",
+        "app_name": "Batman: Arkham Asylum Game of the Year Edition",
+        "publisher": "Warner Bros. Interactive",
+        "developer": "Rocksteady Studios, Feral Interactive (Mac)",
+        "genres": ["Action"],
+        "tags": ["Action", "Batman", "Stealth"],
+        "specs": ["Single-player", "Steam Achievements"],
+    }
+    assert steam_item_text(record) == (
+        "Batman: Arkham Asylum Game of the Year Edition | Warner Bros. Interactive | "
+        "Rocksteady Studios, Feral Interactive (Mac) | Action | Action, Batman, Stealth | "
+        "Single-player, Steam Achievements"
+    )
+
+
+def test_steam_apostrophes_and_missing_fields() -> None:
+    record = {
+        "app_name": "Tom Clancy's Rainbow Six\u00ae Siege",
+        "publisher": "",
+        "developer": None,
+        "genres": [],
+        "tags": ["Tactical", "Shooter"],
+    }
+    assert steam_item_text(record) == "Tom Clancy's Rainbow Six\u00ae Siege | Tactical, Shooter"
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (
+            {"title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"]},
+            "Toy Story (1995). Genres: Animation, Children's, Comedy.",
+        ),
+        ({"title": "Heat", "year": None, "genres": []}, "Heat."),
+        ({"title": "Heat\n", "genres": "Action"}, "Heat. Genres: Action."),
+        ({"year": "1995", "genres": ["Drama"]}, "(1995). Genres: Drama."),
+        ({"item_id": "5"}, ""),
+    ],
+)
+def test_movielens(record, expected) -> None:
+    assert movielens_item_text(record) == expected
+
+
+LOCAL_RECORD = {
+    "item_id": "i1",
+    "name": "Blue mug",
+    "tags": ["kitchen", "caf\u00e9"],
+    "price": 12,
+    "weight": 0.5,
+    "meta": {"color": "blue"},
+    "in_stock": True,
+    "notes": None,
+    "desc": "Holds <b>350</b>&nbsp;ml\n",
+}
+
+
+def test_local_uses_text_fields_in_key_order() -> None:
+    assert local_item_text(LOCAL_RECORD) == "Blue mug kitchen, caf. 12 0.5 Holds 350 ml"
+
+
+def test_local_fields_selection() -> None:
+    selected = local_item_text(LOCAL_RECORD, fields=["desc", "name", "absent"])
+    assert selected == "Holds 350 ml Blue mug"
+    with pytest.raises(ValueError, match="'meta' holds a dict"):
+        local_item_text(LOCAL_RECORD, fields=["meta"])
+
+
+def test_item_texts_fall_back_to_item_id() -> None:
+    records = [{"item_id": "A", "title": ""}, {"item_id": 7, "features": []}, AMAZON_RECORD]
+    texts = item_texts(records, "amazon")
+    assert texts[:2] == ["A", "7"]
+    assert texts[2] == amazon_item_text(AMAZON_RECORD)
+    assert count_empty_texts(records, "amazon") == 2
+    assert item_texts([{"item_id": "i2", "x": "  "}], "local") == ["i2"]
+
+
+def test_item_texts_local_fields_and_bad_arguments() -> None:
+    assert item_texts([LOCAL_RECORD], "local", fields=["name"]) == ["Blue mug"]
+    assert set(RECIPES) == {"amazon", "steam", "movielens", "local"}
+    with pytest.raises(ValueError, match="unknown item text recipe"):
+        item_texts([LOCAL_RECORD], "books")
+    with pytest.raises(ValueError, match="'local' recipe only"):
+        item_texts([AMAZON_RECORD], "amazon", fields=["title"])
+    with pytest.raises(ValueError, match="no item_id"):
+        item_texts([{"title": ""}], "amazon")
+
+
+def test_read_item_metadata_round_trip(tmp_path: Path) -> None:
+    items = {"b": {"title": "B\u00e9", "tags": ["x"]}, "a": {"title": "A"}}
+    write_item_metadata(tmp_path, items, ["b", "a"])
+    assert read_item_metadata(tmp_path) == [
+        {"item_id": "b", "title": "B\u00e9", "tags": ["x"]},
+        {"item_id": "a", "title": "A"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([json.dumps({"item_id": "a"}), "{not json"], "line 2: malformed JSON"),
+        ([json.dumps({"item_id": "a"}), "", json.dumps({"item_id": "b"})], "line 2: empty line"),
+        (["[1, 2]"], "line 1: expected a JSON object"),
+        ([json.dumps({"title": "t"})], "line 1: no item_id"),
+        ([], "holds no items"),
+    ],
+)
+def test_read_item_metadata_errors(tmp_path: Path, lines, message) -> None:
+    path = tmp_path / "item_metadata.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=message) as error:
+        read_item_metadata(tmp_path)
+    assert str(path) in str(error.value)
+
+
+def test_read_item_metadata_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetFormatError, match="not found.*preprocess_public_data.py"):
+        read_item_metadata(tmp_path)
