@@ -38,7 +38,12 @@ def main(argv: list) -> None:
     except (ValueError, SyntaxError) as e:
         sys.exit(f"main.py: invalid gin config {config_file}: {e}")
     try:
-        train_fn(run_name=Path(config_file).stem)
+        gin.query_parameter("train_fn.run_name")
+        overrides = {}
+    except ValueError:  # runs are named after their config unless the config names them
+        overrides = {"run_name": Path(config_file).stem}
+    try:
+        train_fn(**overrides)
     except ValueError as e:  # bad data or an unsupported setting: say so, no traceback
         sys.exit(f"main.py: {e}")
 

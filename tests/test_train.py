@@ -104,10 +104,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     assert "sasrec_format.csv not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_unsupported_setting_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize(
+    "binding, name",
+    [('train_fn.main_module = "GRU4Rec"', "main_module"), ('train_fn.selection_metric = "ndcg@5"', "selection_metric")],
+)
+def test_unsupported_setting_is_a_clear_error(tmp_path, binding, name):
     _cyclic_dataset(tmp_path / "data")
-    proc = _run_main(_config(tmp_path, "HSTU"), 'train_fn.main_module = "GRU4Rec"')
-    assert proc.returncode != 0 and "main_module" in proc.stderr
+    proc = _run_main(_config(tmp_path, "HSTU"), binding)
+    assert proc.returncode != 0 and name in proc.stderr and "Traceback" not in proc.stderr
 
 
 class _HashEncoder:
@@ -152,9 +156,10 @@ TEXT_BINDINGS = (
 @pytest.mark.parametrize("mode", ["add", "gate"])
 def test_main_trains_with_text_fusion(tmp_path, mode):
     _text_dataset(tmp_path)
-    proc = _run_main(_config(tmp_path, "HSTU"), *TEXT_BINDINGS, f'text_fusion.mode = "{mode}"')
+    bindings = (*TEXT_BINDINGS, f'text_fusion.mode = "{mode}"', f'train_fn.run_name = "fusion-{mode}"')
+    proc = _run_main(_config(tmp_path, "HSTU"), *bindings)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-s42" / "results.json").read_text())
+    results = json.loads((tmp_path / "exps" / "cyclic" / f"fusion-{mode}-s42" / "results.json").read_text())
     assert results["text_embedding_model"] == "fake"
     assert f"text8-{mode}-linear" in results["model"]
     assert results["best"]["test"]["hr@10"] > 0.6

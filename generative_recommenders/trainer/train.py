@@ -36,7 +36,7 @@ from generative_recommenders.data.sequence_format import (
     atomic_write_text,
     load_sequence_dataset,
 )
-from generative_recommenders.evaluation.metrics import format_metrics
+from generative_recommenders.evaluation.metrics import METRIC_NAMES, format_metrics
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.modeling.hstu import HSTUEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
@@ -230,6 +230,7 @@ def train_fn(
     _require("top_k_method", top_k_method, ("MIPSBruteForceTopK",))
     _require("feat_prep", feat_prep, ("LearnablePositionalEmbeddingInputFeaturesPreprocessor",))
     _require("eval_protocol", eval_protocol, PROTOCOLS)
+    _require("selection_metric", selection_metric, METRIC_NAMES)
     with_text = embedding_module_type == "local_and_text"
     if with_text != (text_embedding_model is not None):
         raise ValueError(
