@@ -30,11 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generative_recommenders.data.dataset import SequenceView  # noqa: E402
 from generative_recommenders.data.sequence_format import load_sequence_dataset  # noqa: E402
 from generative_recommenders.evaluation.ranking import evaluate_ranking  # noqa: E402
+from generative_recommenders.text.embedding_store import load_dataset_text_embeddings  # noqa: E402
 from generative_recommenders.trainer import train  # noqa: E402
 
 DEFAULT_CONFIGS = [
     "configs/amzn14_office/sasrec-sampled-softmax-n512-final.gin",
     "configs/amzn14_office/hstu-sampled-softmax-n512-final.gin",
+    "configs/amzn14_office/hstu-sampled-softmax-n512-minilm.gin",
     "configs/ml-100k/sasrec-sampled-softmax-n128-final.gin",
     "configs/ml-100k/hstu-sampled-softmax-n128-final.gin",
 ]
@@ -51,12 +53,15 @@ def measure(config: str, steps: int, warmup: int, data_root: str) -> Dict:
     gin.parse_config_files_and_bindings([config], [])
     train.seed_everything(42)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = load_sequence_dataset(Path(data_root) / _param("dataset_name", None))
+    data_dir = Path(data_root) / _param("dataset_name", None)
+    data = load_sequence_dataset(data_dir)
+    text_model = _param("text_embedding_model", None)
+    text = load_dataset_text_embeddings(data_dir, text_model, data.num_items) if text_model else None
     max_len = _param("max_sequence_length", 200)
     model = train.build_model(
         _param("main_module", "HSTU"), data.num_items, _param("item_embedding_dim", 64),
         max_len + _param("gr_output_length", 10) + 1, _param("dropout_rate", 0.2),
-        _param("user_embedding_norm", "l2_norm"), 1e-6,
+        _param("user_embedding_norm", "l2_norm"), 1e-6, text,
     ).to(device)
     num_negatives, temperature = _param("num_negatives", 128), _param("temperature", 0.05)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98))

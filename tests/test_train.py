@@ -153,11 +153,11 @@ TEXT_BINDINGS = (
 )
 
 
-@pytest.mark.parametrize("mode", ["add", "gate"])
-def test_main_trains_with_text_fusion(tmp_path, mode):
+@pytest.mark.parametrize("module, mode", [("HSTU", "add"), ("HSTU", "gate"), ("SASRec", "add")])
+def test_main_trains_with_text_fusion(tmp_path, module, mode):
     _text_dataset(tmp_path)
     bindings = (*TEXT_BINDINGS, f'text_fusion.mode = "{mode}"', f'train_fn.run_name = "fusion-{mode}"')
-    proc = _run_main(_config(tmp_path, "HSTU"), *bindings)
+    proc = _run_main(_config(tmp_path, module), *bindings)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "exps" / "cyclic" / f"fusion-{mode}-s42" / "results.json").read_text())
     assert results["text_embedding_model"] == "fake"
