@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import pandas as pd
@@ -89,14 +89,16 @@ def _read_interactions(path: Path) -> pd.DataFrame:
     return out
 
 
-def _read_items(path: Path) -> Items:
-    if not path.is_file():
-        raise DatasetFormatError(f"{path} not found: a local dataset needs {ITEMS_FILE}")
-    items: Items = {}
+def iter_item_records(path: Path, skip_blank_lines: bool) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """``(line number, object)`` per line of a JSONL item file; each object needs an ``item_id``."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
-                continue
+                if skip_blank_lines:
+                    continue
+                raise DatasetFormatError(
+                    f"{path}, line {line_no}: empty line (line k must describe item id k - 1)"
+                )
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -107,12 +109,18 @@ def _read_items(path: Path) -> Items:
                 raise DatasetFormatError(f"{path}, line {line_no}: expected a JSON object")
             if "item_id" not in record:
                 raise DatasetFormatError(f"{path}, line {line_no}: no item_id field")
-            item_id = str(record.pop("item_id"))
-            if item_id in items:
-                raise DatasetFormatError(
-                    f"{path}, line {line_no}: item_id {item_id!r} appears twice"
-                )
-            items[item_id] = record
+            yield line_no, record
+
+
+def _read_items(path: Path) -> Items:
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} not found: a local dataset needs {ITEMS_FILE}")
+    items: Items = {}
+    for line_no, record in iter_item_records(path, skip_blank_lines=True):
+        item_id = str(record.pop("item_id"))
+        if item_id in items:
+            raise DatasetFormatError(f"{path}, line {line_no}: item_id {item_id!r} appears twice")
+        items[item_id] = record
     return items
 
 

@@ -8,7 +8,6 @@ recipe to every item of a dataset, in item id order.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import re
@@ -16,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from generative_recommenders.data.local import ITEM_METADATA_FILE
+from generative_recommenders.data.local import ITEM_METADATA_FILE, iter_item_records
 from generative_recommenders.data.sequence_format import DatasetFormatError
 
 AMAZON_FIELDS = ("title", "features", "categories", "description")
@@ -187,25 +186,8 @@ def read_item_metadata(data_dir: os.PathLike) -> List[Dict[str, Any]]:
             f"{path} not found: prepare the dataset first "
             f"(python3 preprocess_public_data.py --dataset {Path(data_dir).name})"
         )
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            # A skipped line would shift every later item id by one.
-            if not line.strip():
-                raise DatasetFormatError(
-                    f"{path}, line {line_no}: empty line (line k must describe item id k - 1)"
-                )
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(
-                    f"{path}, line {line_no}: malformed JSON ({e.msg})"
-                ) from None
-            if not isinstance(record, dict):
-                raise DatasetFormatError(f"{path}, line {line_no}: expected a JSON object")
-            if "item_id" not in record:
-                raise DatasetFormatError(f"{path}, line {line_no}: no item_id field")
-            records.append(record)
+    # Blank lines are errors: a skipped line would shift every later item id by one.
+    records = [record for _, record in iter_item_records(path, skip_blank_lines=False)]
     if not records:
         raise DatasetFormatError(f"{path} holds no items")
     return records
