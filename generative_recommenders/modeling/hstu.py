@@ -181,10 +181,6 @@ class HSTUEncoder(torch.nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
         padded_length = x.size(1)
-        if padded_length > self.max_sequence_len:
-            raise ValueError(
-                f"batch padded to {padded_length} exceeds max_sequence_len {self.max_sequence_len}"
-            )
         offsets = jagged.complete_cumsum(lengths)
         # The buckets are the same for every block: computed once per batch.
         time_buckets = request_time_buckets(timestamps)

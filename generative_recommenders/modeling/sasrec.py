@@ -92,10 +92,6 @@ class SASRecEncoder(torch.nn.Module):
     ) -> torch.Tensor:
         del timestamps  # SASRec uses positions only
         padded_length = x.size(1)
-        if padded_length > self.max_sequence_len:
-            raise ValueError(
-                f"batch padded to {padded_length} exceeds max_sequence_len {self.max_sequence_len}"
-            )
         positions = torch.arange(padded_length, device=x.device)
         valid_mask = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)
         causal_mask = self.causal_mask[:padded_length, :padded_length]
