@@ -31,6 +31,7 @@ from generative_recommenders.data.dataset import SequenceView  # noqa: E402
 from generative_recommenders.data.sequence_format import load_sequence_dataset  # noqa: E402
 from generative_recommenders.evaluation.ranking import evaluate_ranking  # noqa: E402
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings  # noqa: E402
+from generative_recommenders.modeling.losses import training_loss  # noqa: E402
 from generative_recommenders.trainer import train  # noqa: E402
 
 DEFAULT_CONFIGS = [
@@ -74,7 +75,7 @@ def measure(config: str, steps: int, warmup: int, data_root: str) -> Dict:
     def step() -> int:
         batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        train.training_loss(model, batch, device, "local", num_negatives, temperature, True).backward()
+        training_loss(model, batch, device, "local", num_negatives, temperature, True).backward()
         optimizer.step()
         return batch["target_ids"].numel()
 

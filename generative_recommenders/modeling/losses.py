@@ -1,9 +1,14 @@
-"""Sampled softmax over next-item predictions, with uniform or in-batch negatives."""
+"""Sampled softmax over next-item predictions, with uniform or in-batch negatives,
+and the training loss of a sequential recommender built on it."""
 
 from __future__ import annotations
 
+from typing import Dict
+
 import torch
 import torch.nn.functional as F
+
+from generative_recommenders.modeling.sequential import SequentialRecommender
 
 SAMPLING_STRATEGIES = ("local", "in-batch")
 
@@ -58,3 +63,34 @@ def sampled_softmax_loss(
     )
     logits = torch.cat([positive_logits, negative_logits], dim=1)
     return -F.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def training_loss(
+    model: SequentialRecommender,
+    batch: Dict[str, torch.Tensor],
+    device: torch.device,
+    sampling_strategy: str,
+    num_negatives: int,
+    temperature: float,
+    item_l2_norm: bool,
+) -> torch.Tensor:
+    """Next-item sampled softmax at every history position (target appended)."""
+    lengths = batch["history_lengths"].to(device)
+    ids = batch["history_ids"].to(device).scatter(
+        1, lengths.view(-1, 1), batch["target_ids"].to(device).view(-1, 1)
+    )
+    embeddings = model.item_embeddings(ids)
+    encoded = model.encode(ids, lengths + 1, batch["history_timestamps"].to(device), embeddings)
+    positions = torch.arange(ids.size(1) - 1, device=device)
+    valid = positions.unsqueeze(0) < lengths.unsqueeze(1)  # position p predicts ids[:, p + 1]
+    queries = encoded[:, :-1][valid]
+    positive_ids = ids[:, 1:][valid]
+    positive_embeddings = embeddings[:, 1:][valid]
+    negative_ids = sample_negatives(sampling_strategy, positive_ids, num_negatives, model.num_items)
+    item_table = model.all_item_embeddings()
+    if item_l2_norm:
+        positive_embeddings = model.normalize_items(positive_embeddings)
+        item_table = model.normalize_items(item_table)
+    return sampled_softmax_loss(
+        queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature
+    )

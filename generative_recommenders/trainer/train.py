@@ -40,7 +40,7 @@ from generative_recommenders.evaluation.metrics import METRIC_NAMES, format_metr
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.modeling.hstu import HSTUEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
-from generative_recommenders.modeling.losses import sample_negatives, sampled_softmax_loss
+from generative_recommenders.modeling.losses import training_loss
 from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.sequential import SequentialRecommender
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
@@ -118,37 +118,6 @@ def build_model(
         dropout_rate=dropout_rate,
         user_embedding_norm=user_embedding_norm,
         l2_norm_eps=l2_norm_eps,
-    )
-
-
-def training_loss(
-    model: SequentialRecommender,
-    batch: Dict[str, torch.Tensor],
-    device: torch.device,
-    sampling_strategy: str,
-    num_negatives: int,
-    temperature: float,
-    item_l2_norm: bool,
-) -> torch.Tensor:
-    """Next-item sampled softmax at every history position (target appended)."""
-    lengths = batch["history_lengths"].to(device)
-    ids = batch["history_ids"].to(device).scatter(
-        1, lengths.view(-1, 1), batch["target_ids"].to(device).view(-1, 1)
-    )
-    embeddings = model.item_embeddings(ids)
-    encoded = model.encode(ids, lengths + 1, batch["history_timestamps"].to(device), embeddings)
-    positions = torch.arange(ids.size(1) - 1, device=device)
-    valid = positions.unsqueeze(0) < lengths.unsqueeze(1)  # position p predicts ids[:, p + 1]
-    queries = encoded[:, :-1][valid]
-    positive_ids = ids[:, 1:][valid]
-    positive_embeddings = embeddings[:, 1:][valid]
-    negative_ids = sample_negatives(sampling_strategy, positive_ids, num_negatives, model.num_items)
-    item_table = model.all_item_embeddings()
-    if item_l2_norm:
-        positive_embeddings = model.normalize_items(positive_embeddings)
-        item_table = model.normalize_items(item_table)
-    return sampled_softmax_loss(
-        queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature
     )
 
 
