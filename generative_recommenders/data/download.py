@@ -1,17 +1,28 @@
-"""Streamed, resumable and integrity-checked downloads of raw dataset files."""
+"""Streamed, resumable and integrity-checked downloads of raw dataset files.
+
+:func:`download` fetches one URL; :func:`fetch_raw_file` picks the first of
+several mirrors that is already on disk or downloads; :func:`open_raw_text`
+streams a raw (possibly gzipped) text file back with a progress bar and turns
+a truncated or corrupt gzip stream into a clear error.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, List, Optional, Sequence, TextIO
 
 from tqdm import tqdm
+
+from generative_recommenders.data.sequence_format import DatasetFormatError
 
 _CHUNK_BYTES = 1 << 20
 
@@ -104,3 +115,58 @@ def download(url: str, dest: Path) -> Path:
         ) from None
     os.replace(part, dest)
     return dest
+
+
+def url_file_name(url: str) -> str:
+    """The last path segment of ``url``: the name its raw file gets on disk."""
+    name = Path(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise ValueError(f"{url} names no file")
+    return name
+
+
+def fetch_raw_file(urls: Sequence[str], raw_dir: Path) -> Path:
+    """The raw file of the first of ``urls`` (mirrors of one file) that is in ``raw_dir`` or downloads.
+
+    A file already in ``raw_dir`` under its URL's name is used as it is,
+    whichever mirror it came from; otherwise the URLs are tried in order.
+    If none downloads, the DownloadError names every URL and why it failed.
+    """
+    raw_dir = Path(raw_dir)
+    for url in urls:
+        if (raw_dir / url_file_name(url)).is_file():
+            return raw_dir / url_file_name(url)
+    failures: List[str] = []
+    for url in urls:
+        try:
+            return download(url, raw_dir / url_file_name(url))
+        except DownloadError as e:
+            failures.append(str(e))
+    if len(failures) == 1:
+        raise DownloadError(failures[0])
+    raise DownloadError("no mirror could be downloaded:\n  " + "\n  ".join(failures))
+
+
+@contextlib.contextmanager
+def open_raw_text(path: Path) -> Iterator[TextIO]:
+    """Opens a raw UTF-8 text file for streaming, gunzipping it if its name ends in ``.gz``.
+
+    A progress bar follows the bytes read from disk. A gzip stream found
+    truncated or corrupt while reading raises DownloadError, text that is
+    not UTF-8 DatasetFormatError; both name the file.
+    """
+    path = Path(path)
+    with open(path, "rb") as raw, tqdm.wrapattr(
+        raw, "read", total=path.stat().st_size, desc=f"reading {path.name}",
+        unit="B", unit_scale=True, unit_divisor=1024,
+    ) as tracked:
+        stream = gzip.GzipFile(fileobj=tracked, mode="rb") if path.suffix == ".gz" else tracked
+        try:
+            yield io.TextIOWrapper(stream, encoding="utf-8")
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise DownloadError(
+                f"{path}: truncated or corrupt gzip file ({e}); delete it and rerun to download "
+                f"it again, or replace it with a complete copy"
+            ) from None
+        except UnicodeDecodeError as e:
+            raise DatasetFormatError(f"{path}: not UTF-8 text ({e})") from None

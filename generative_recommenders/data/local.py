@@ -41,7 +41,7 @@ def require_item_metadata(interactions: pd.DataFrame, items: Items, source: str)
         )
 
 
-def _numeric_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
+def numeric_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     values = pd.to_numeric(df[column], errors="coerce")
     bad = ~np.isfinite(values.to_numpy(np.float64, na_value=np.nan))
     if bad.any():
@@ -79,11 +79,11 @@ def _read_interactions(path: Path) -> pd.DataFrame:
 
     out = df[["user_id", "item_id"]].copy()
     out["rating"] = (
-        _numeric_column(df, "rating", path).astype(np.float64) if "rating" in df else 1.0
+        numeric_column(df, "rating", path).astype(np.float64) if "rating" in df else 1.0
     )
     if "timestamp" in df:
         # Fractional seconds are dropped: the contract stores whole seconds.
-        out["timestamp"] = np.floor(_numeric_column(df, "timestamp", path)).astype(np.int64)
+        out["timestamp"] = np.floor(numeric_column(df, "timestamp", path)).astype(np.int64)
     else:
         out["timestamp"] = out.groupby("user_id", sort=False).cumcount().astype(np.int64)
     return out
