@@ -1,12 +1,55 @@
-from generative_recommenders.demo import results_table
+"""The demo end to end, on a tiny stand-in for MovieLens-100K: it ends with the comparison table."""
+
+import json
+
+import gin
+import numpy as np
+import pandas as pd
+
+from generative_recommenders import demo
+from generative_recommenders.data.sequence_format import write_sequence_dataset
+from generative_recommenders.text.embedding_store import compute_item_text_embeddings, write_item_texts
+from test_train import _HashEncoder
 
 
-def test_results_table_shows_percent_change_over_the_baseline():
-    base = {"hr@10": 0.1, "hr@50": 0.2, "hr@200": 0.4, "ndcg@10": 0.05, "ndcg@200": 0.08, "mrr": 0.04}
-    better = {k: v * 1.1 for k, v in base.items()}
-    better["mrr"] = 0.03
-    lines = results_table({"HSTU": base, "HSTU + text": better}, baseline="HSTU").splitlines()
-    assert lines[0] == "| model | HR@10 | HR@50 | HR@200 | NDCG@10 | NDCG@200 | MRR |"
-    assert lines[2] == "| HSTU | 0.1000 | 0.2000 | 0.4000 | 0.0500 | 0.0800 | 0.0400 |"
-    assert lines[3].startswith("| HSTU + text | 0.1100 (+10.0%) | 0.2200 (+10.0%)")
-    assert lines[3].endswith("| 0.0300 (-25.0%) |")
+class _MiniLMStandIn(_HashEncoder):
+    name = cache_key = "minilm"
+
+
+def _tiny_movielens(root):
+    rng = np.random.default_rng(1)
+    rows = [(f"u{u}", f"m{int(rng.integers(30))}", 4.0, 100 * step) for u in range(48) for step in range(8)]
+    data_dir = root / "ml-100k"
+    write_sequence_dataset(data_dir, pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]))
+    texts = [f"movie {name}" for name in json.loads((data_dir / "data_maps.json").read_text())["id2item"]]
+    write_item_texts(data_dir, texts)
+    compute_item_text_embeddings(texts, _MiniLMStandIn(), data_dir, root / "cache")
+
+
+def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys):
+    _tiny_movielens(tmp_path / "data")
+    try:
+        demo.main(["--epochs", "1", "--seeds", "7", "--data_root", str(tmp_path / "data"),
+                   "--output_root", str(tmp_path / "exps")])
+    finally:
+        gin.clear_config()
+    out = capsys.readouterr().out
+    table = out[out.index("== ml-100k"):].splitlines()
+    rows = [line for line in table if line and not line.startswith(("==", "(", " "))]
+    assert [line.split("  ")[0] for line in rows] == ["model", "SASRec", "HSTU", "HSTU + minilm"]
+
+    def best_test_metrics(config):
+        path = tmp_path / "exps" / "ml-100k" / f"demo-{config}-s7" / "results.json"
+        return json.loads(path.read_text())["best"]["test"]
+
+    sasrec = best_test_metrics("sasrec-sampled-softmax-n128-final")
+    hstu = best_test_metrics("hstu-sampled-softmax-n128-final")
+    text = best_test_metrics("hstu-sampled-softmax-n128-minilm")
+    assert rows[3].split()[4] == f"{text['hr@10']:.4f}"  # one seed: the mean alone
+    change_line = table[table.index(rows[3]) + 1].split()
+    # HR@10's second line: % change over HSTU / over SASRec.
+    assert change_line[:3] == [
+        f"{100 * (text['hr@10'] / hstu['hr@10'] - 1):+.1f}%", "/", f"{100 * (text['hr@10'] / sasrec['hr@10'] - 1):+.1f}%"
+    ]
+    for name in ("comparison.md", "comparison.csv", "comparison_metrics.png", "comparison_curves.png"):
+        assert (tmp_path / "exps" / "ml-100k" / name).stat().st_size > 0

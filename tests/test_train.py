@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 40
 
 
-def _cyclic_dataset(root: Path) -> None:
+def cyclic_dataset(root: Path) -> None:
     """Users walk the catalogue in order from a random start: the next item is learnable."""
     rng = np.random.default_rng(0)
     rows = []
@@ -27,7 +28,7 @@ def _cyclic_dataset(root: Path) -> None:
     write_sequence_dataset(root / "cyclic", df)
 
 
-def _config(tmp_path: Path, module: str, extra: str = "") -> Path:
+def tiny_config(tmp_path: Path, module: str, extra: str = "") -> Path:
     encoder = (
         "hstu_encoder.num_blocks = 1\nhstu_encoder.num_heads = 1\nhstu_encoder.dqk = 16\nhstu_encoder.dv = 16\n"
         if module == "HSTU"
@@ -51,16 +52,16 @@ train_fn.num_epochs = 2
     return path
 
 
-def _run_main(config: Path, *bindings: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "main.py", f"--gin_config_file={config}", "--master_port=12399"]
+def run_main(config: Path, *bindings: str, flags: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    args = [sys.executable, "main.py", f"--gin_config_file={config}", "--master_port=12399", *flags]
     args += [f"--gin_bindings={b}" for b in bindings]
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("module", ["HSTU", "SASRec"])
 def test_main_trains_and_beats_random(tmp_path, module):
-    _cyclic_dataset(tmp_path / "data")
-    proc = _run_main(_config(tmp_path, module))
+    cyclic_dataset(tmp_path / "data")
+    proc = run_main(tiny_config(tmp_path, module))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "eval @ epoch 1 [valid, 320 users]" in proc.stdout
     run_dir = tmp_path / "exps" / "cyclic" / f"{module.lower()}-tiny-s42"
@@ -75,14 +76,44 @@ def test_main_trains_and_beats_random(tmp_path, module):
     assert any(p.name.startswith("events.out.tfevents") for p in run_dir.iterdir())
 
 
+def test_seeds_run_once_each_log_to_tensorboard_and_end_with_their_table(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    cyclic_dataset(tmp_path / "data")
+    proc = run_main(tiny_config(tmp_path, "HSTU"), "train_fn.num_epochs = 1", flags=["--seeds=3,5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {}
+    for seed in (3, 5):
+        run_dir = tmp_path / "exps" / "cyclic" / f"hstu-tiny-s{seed}"
+        runs[seed] = json.loads((run_dir / "results.json").read_text())
+        assert runs[seed]["seed"] == seed and f"train_fn.random_seed = {seed}" in runs[seed]["gin_config"]
+    assert runs[3]["epochs"] != runs[5]["epochs"]
+    ndcg10 = [runs[seed]["best"]["test"]["ndcg@10"] for seed in (3, 5)]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("HSTU "))
+    assert row.split()[1] == "3,5"
+    assert f"{np.mean(ndcg10):.4f} ± {np.std(ndcg10, ddof=1):.4f}" in row
+
+    events = EventAccumulator(str(tmp_path / "exps" / "cyclic" / "hstu-tiny-s3"))
+    events.Reload()
+    assert {"losses/train", "valid/ndcg@10", "test_best/ndcg@10", "test_last/ndcg@10"} <= set(events.Tags()["scalars"])
+    assert [e.value for e in events.Scalars("valid/mrr")] == [pytest.approx(runs[3]["best"]["valid"]["mrr"])]
+    assert [e.value for e in events.Scalars("test_best/ndcg@10")] == [pytest.approx(ndcg10[0])]
+    hparams = {tag: HParamsPluginData.FromString(c) for tag, c in events.PluginTagToContent("hparams").items()}
+    session = hparams["_hparams_/session_start_info"].session_start_info.hparams
+    assert session["seed"].number_value == 3 and session["protocol"].string_value == "validated"
+    metrics = {m.name.tag for m in hparams["_hparams_/experiment"].experiment.metric_infos}
+    assert {"valid/ndcg@10", "test_best/ndcg@10"} <= metrics
+
+
 def test_reference_protocol_reports_the_last_full_test_evaluation(tmp_path):
-    _cyclic_dataset(tmp_path / "data")
-    config = _config(tmp_path, "HSTU", 'train_fn.eval_protocol = "reference"\ntrain_fn.full_eval_every_n = 2\n')
-    proc = _run_main(
+    cyclic_dataset(tmp_path / "data")
+    config = tiny_config(tmp_path, "HSTU", 'train_fn.eval_protocol = "reference"\ntrain_fn.full_eval_every_n = 2\n')
+    proc = run_main(
         config, "train_fn.num_epochs = 3", "train_fn.partial_eval_num_iters = 1", "train_fn.eval_batch_size = 32"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-s42" / "results.json").read_text())
+    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-reference-s42" / "results.json").read_text())
     evals = [(e["epoch"], e["split"], e["full"], e["users"]) for e in results["evaluations"]]
     # Full passes at epochs 0 and 2 (the last), one partial batch of 32 users at epoch 1.
     assert evals == [(0, "test", True, 320), (1, "test", False, 32), (2, "test", True, 320)]
@@ -91,15 +122,15 @@ def test_reference_protocol_reports_the_last_full_test_evaluation(tmp_path):
 
 
 def test_unknown_gin_parameter_is_a_clear_error(tmp_path):
-    config = _config(tmp_path, "HSTU", "train_fn.not_a_parameter = 3\n")
-    proc = _run_main(config)
+    config = tiny_config(tmp_path, "HSTU", "train_fn.not_a_parameter = 3\n")
+    proc = run_main(config)
     assert proc.returncode != 0
     assert "doesn't have a parameter named 'not_a_parameter'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    proc = _run_main(_config(tmp_path, "HSTU"))
+    proc = run_main(tiny_config(tmp_path, "HSTU"))
     assert proc.returncode != 0
     assert "sasrec_format.csv not found" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -109,8 +140,8 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     [('train_fn.main_module = "GRU4Rec"', "main_module"), ('train_fn.selection_metric = "ndcg@5"', "selection_metric")],
 )
 def test_unsupported_setting_is_a_clear_error(tmp_path, binding, name):
-    _cyclic_dataset(tmp_path / "data")
-    proc = _run_main(_config(tmp_path, "HSTU"), binding)
+    cyclic_dataset(tmp_path / "data")
+    proc = run_main(tiny_config(tmp_path, "HSTU"), binding)
     assert proc.returncode != 0 and name in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -136,7 +167,7 @@ class _HashEncoder:
 def _text_dataset(tmp_path: Path) -> Path:
     from generative_recommenders.text.embedding_store import compute_item_text_embeddings, write_item_texts
 
-    _cyclic_dataset(tmp_path / "data")
+    cyclic_dataset(tmp_path / "data")
     data_dir = tmp_path / "data" / "cyclic"
     maps = json.loads((data_dir / "data_maps.json").read_text())
     texts = [f"item {name}" for name in maps["id2item"]]
@@ -157,7 +188,7 @@ TEXT_BINDINGS = (
 def test_main_trains_with_text_fusion(tmp_path, module, mode):
     _text_dataset(tmp_path)
     bindings = (*TEXT_BINDINGS, f'text_fusion.mode = "{mode}"', f'train_fn.run_name = "fusion-{mode}"')
-    proc = _run_main(_config(tmp_path, module), *bindings)
+    proc = run_main(tiny_config(tmp_path, module), *bindings)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "exps" / "cyclic" / f"fusion-{mode}-s42" / "results.json").read_text())
     assert results["text_embedding_model"] == "fake"
@@ -170,12 +201,12 @@ def test_stale_text_embeddings_are_refused(tmp_path):
     texts = json.loads((data_dir / "item_texts.json").read_text())
     texts[3] = "a new description"
     (data_dir / "item_texts.json").write_text(json.dumps(texts))
-    proc = _run_main(_config(tmp_path, "HSTU"), *TEXT_BINDINGS)
+    proc = run_main(tiny_config(tmp_path, "HSTU"), *TEXT_BINDINGS)
     assert proc.returncode != 0 and "item texts changed" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_text_model_without_text_module_is_a_clear_error(tmp_path):
-    _cyclic_dataset(tmp_path / "data")
-    proc = _run_main(_config(tmp_path, "HSTU"), 'train_fn.text_embedding_model = "fake"')
+    cyclic_dataset(tmp_path / "data")
+    proc = run_main(tiny_config(tmp_path, "HSTU"), 'train_fn.text_embedding_model = "fake"')
     assert proc.returncode != 0 and "go together" in proc.stderr

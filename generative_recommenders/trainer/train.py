@@ -1,42 +1,30 @@
-"""The training loop: gin-configured, one process, CPU or one GPU.
+"""The training loop: gin-configured, on one process (CPU or GPU) or several (``distributed.py``).
 
 ``train_fn``'s parameter names are the HSTU reference's, so its gin files load
-unchanged; names it does not know are a gin error.
-
-Protocols (``eval_protocol``):
-
-* ``validated`` (default): train on all but the last two items, pick the
-  epoch by validation (second-to-last item) ``selection_metric``, then test
-  the last item once with the best and with the last weights.
-* ``reference``: the paper's code: train on all but the last item and rank
-  the last item every epoch (a full pass every ``full_eval_every_n`` epochs,
-  else ``partial_eval_num_iters`` batches); the last full evaluation counts.
+unchanged; names it does not know are a gin error. The evaluation protocols
+are described in ``protocol.py``, checkpoint/resume in ``checkpoint.py``.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
+import math
 import os
 import random
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import gin
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
+from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from generative_recommenders.data.dataset import SequenceView, collate_sequences
-from generative_recommenders.data.sequence_format import (
-    atomic_torch_save,
-    atomic_write_text,
-    load_sequence_dataset,
-)
-from generative_recommenders.evaluation.metrics import METRIC_NAMES, format_metrics
+from generative_recommenders.data.dataset import collate_sequences
+from generative_recommenders.data.sequence_format import atomic_torch_save, load_sequence_dataset
+from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, METRIC_NAMES
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.modeling.hstu import HSTUEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
@@ -44,8 +32,28 @@ from generative_recommenders.modeling.losses import training_loss
 from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.sequential import SequentialRecommender
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
+from generative_recommenders.trainer.distributed import (
+    DistributedContext,
+    ShardSampler,
+    barrier,
+    gather_objects,
+    mean_across_ranks,
+    process_seed,
+    reduce_metrics,
+    single_process_context,
+    wrap_for_training,
+)
+from generative_recommenders.trainer.checkpoint import (
+    CHECKPOINT_FILE,
+    ResumableSampler,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from generative_recommenders.trainer.protocol import PROTOCOLS, ModelSelection, protocol_views
+from generative_recommenders.trainer.run_log import RunLog
 
-PROTOCOLS = ("validated", "reference")
 # The reference's names for the text path; the item embedding module carries the text,
 # so its input preprocessor and negative sampler are the plain ones.
 _TEXT_ALIASES = {
@@ -69,23 +77,25 @@ def seed_everything(seed: int) -> None:
 def create_data_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
-    shuffle: bool,
-    generator: Optional[torch.Generator] = None,
+    sampler: Optional[Sampler] = None,
     num_workers: int = 0,
     prefetch_factor: Optional[int] = None,
 ) -> torch.utils.data.DataLoader:
+    """Batches in ``sampler``'s order (sequential without one)."""
     # Examples are slices of in-memory arrays: more workers than spare cores only compete
     # with the training threads (the reference configs ask for 8).
     workers = min(num_workers, max(0, (os.cpu_count() or 1) - 2))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=sampler,
         collate_fn=collate_sequences,
         num_workers=workers,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
+        # Its own generator (worker seeds only), so that starting an epoch draws nothing
+        # from the global torch generator that negatives and dropout use.
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -121,30 +131,23 @@ def build_model(
     )
 
 
-class _RunLog:
-    """Everything a run reports: stdout, TensorBoard and results.json."""
-
-    def __init__(self, output_dir: Path, header: Dict[str, Any]) -> None:
-        self.output_dir = output_dir
-        self.writer = SummaryWriter(log_dir=str(output_dir))
-        self.results: Dict[str, Any] = dict(header, epochs=[], evaluations=[])
-
-    def evaluation(self, epoch: int, split: str, full: bool, metrics: Dict[str, float], users: int) -> None:
-        kind = "" if full else " (partial)"
-        print(f"eval @ epoch {epoch} [{split}{kind}, {users} users]: {format_metrics(metrics)}", flush=True)
-        prefix = split if full else f"{split}_partial"
-        for name, value in metrics.items():
-            self.writer.add_scalar(f"{prefix}/{name}", value, epoch)
-        self.results["evaluations"].append(
-            {"epoch": epoch, "split": split, "full": full, "users": users, "metrics": metrics}
-        )
-
-    def save(self) -> None:
-        self.writer.flush()
-        atomic_write_text(self.output_dir / "results.json", json.dumps(self.results, indent=2))
+# What results.json has gathered by a checkpoint, beyond the header every start rewrites.
+_RESUMED_RESULTS = ("epochs", "evaluations", "resumed_at")
 
 
-@gin.configurable
+@dataclass
+class _Progress:
+    """Where training stands; with the model, optimizer and generators it is all a resume needs."""
+
+    epoch: int = 0  # the epoch in progress, or the next one to start
+    batches_done: int = 0  # batches of that epoch already trained
+    step: int = 0
+    epoch_losses: List[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+    train_sequences: int = 0
+
+
+@gin.configurable(denylist=["resume", "context"])
 def train_fn(
     dataset_name: str = "ml-100k",
     max_sequence_length: int = 200,
@@ -178,17 +181,34 @@ def train_fn(
     gr_output_length: int = 10,
     eval_protocol: str = "validated",
     selection_metric: str = "ndcg@10",
+    patience: Optional[int] = None,
+    checkpoint_every_n_steps: Optional[int] = 1000,
+    deterministic: bool = False,
     rank_cap: Optional[int] = None,
     data_root: str = "tmp",
     output_root: str = "exps",
     run_name: Optional[str] = None,
+    resume: bool = False,
+    context: Optional[DistributedContext] = None,
 ) -> Dict[str, Any]:
     """Trains and evaluates one model; returns (and writes) the results record.
 
     Writes to ``<output_root>/<dataset_name>/<run_name>-s<random_seed>/``.
-    ``save_ckpt_every_n`` is accepted for the reference configs; the best
-    and last weights are always written to the run folder.
-    ``rank_cap=2500`` reproduces the reference's capped ranks (default: exact).
+    A checkpoint is written there at the end of every epoch and every
+    ``checkpoint_every_n_steps`` steps (``None``: epoch ends only); the
+    reference's ``save_ckpt_every_n`` (in epochs) is accepted and covered by
+    the per-epoch checkpoints. ``resume=True`` (not a gin parameter: the
+    config must equal the checkpoint's) continues from the checkpoint.
+    ``deterministic=True`` switches torch to its deterministic kernels for the
+    process (slower where a kernel has no deterministic fast path): reruns and
+    resumes are then bit-exact, where otherwise gradients that accumulate with
+    atomic adds may differ in the last bits. ``patience``: under
+    ``validated``, stop after that many evaluations without a better
+    ``selection_metric``. ``rank_cap=2500`` reproduces the reference's capped
+    ranks (default: exact). ``context`` places this process in a multi-process
+    run (default: one process, on the GPU when there is one): each rank trains on
+    its share of every batch-order, evaluates its share of the users, and rank 0
+    alone writes logs, results and checkpoints.
     """
     sampling_strategy = _TEXT_ALIASES.get(sampling_strategy, sampling_strategy)
     feat_prep = _TEXT_ALIASES.get(feat_prep, feat_prep)
@@ -206,10 +226,27 @@ def train_fn(
             "train_fn.embedding_module_type = \"local_and_text\" and train_fn.text_embedding_model "
             "go together (set both, or neither)"
         )
+    validated = eval_protocol == "validated"
+    if patience is not None and not validated:
+        raise ValueError(
+            "train_fn.patience needs the validated protocol: the reference protocol has no "
+            "validation split, and stopping on the test set would select on it"
+        )
+    if num_epochs < 1:
+        raise ValueError(f"train_fn.num_epochs must be >= 1, got {num_epochs}")
+    if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
+        raise ValueError(
+            f"train_fn.checkpoint_every_n_steps must be >= 1 (or None), got {checkpoint_every_n_steps}"
+        )
     del save_ckpt_every_n
+    gin_config = gin.config_str()
 
+    context = context or single_process_context()
     seed_everything(random_seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = context.device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+        torch.use_deterministic_algorithms(True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = enable_tf32
         torch.backends.cudnn.allow_tf32 = enable_tf32
@@ -219,19 +256,23 @@ def train_fn(
     text_embeddings = (
         load_dataset_text_embeddings(data_dir, text_embedding_model, data.num_items) if with_text else None
     )
-    validated = eval_protocol == "validated"
-    train_view = SequenceView(data, max_sequence_length, ignore_last_n=2 if validated else 1)
-    test_view = SequenceView(data, max_sequence_length, ignore_last_n=0)
-    valid_view = SequenceView(data, max_sequence_length, ignore_last_n=1) if validated else None
-    if len(train_view) == 0:
+    views = protocol_views(data, max_sequence_length, eval_protocol)
+    if len(views.train) == 0:
         raise ValueError(
             f"{dataset_name}: no user has enough items to train under the {eval_protocol} protocol"
         )
-    shuffle_generator = torch.Generator()
-    train_loader = create_data_loader(train_view, local_batch_size, True, shuffle_generator)
+    train_sampler = ResumableSampler(
+        views.train, local_batch_size, random_seed, num_replicas=context.world_size, rank=context.rank
+    )
+    train_loader = create_data_loader(views.train, local_batch_size, train_sampler)
+    batches_per_epoch = math.ceil(len(train_sampler.order) / local_batch_size)
     # Shuffled like the reference so that partial evaluations see a random subset.
-    eval_view = valid_view if validated else test_view
-    eval_loader = create_data_loader(eval_view, eval_batch_size, not validated, shuffle_generator)
+    eval_order = ShardSampler(
+        len(views.eval), context.rank, context.world_size, shuffle=not validated, seed=random_seed
+    )
+    # A partial evaluation covers about the same number of users in any number of processes.
+    partial_batches = math.ceil(partial_eval_num_iters / context.world_size)
+    eval_loader = create_data_loader(views.eval, eval_batch_size, eval_order)
 
     # Positions: history + the appended target + the reference's output slots.
     max_positions = max_sequence_length + gr_output_length + 1
@@ -239,100 +280,181 @@ def train_fn(
         main_module, data.num_items, item_embedding_dim, max_positions,
         dropout_rate, user_embedding_norm, l2_norm_eps, text_embeddings,
     ).to(device)
+    # Same initial weights on every rank (seeded above); from here each rank draws its own
+    # negatives and dropout masks.
+    seed_everything(process_seed(random_seed, context))
+    train_module = wrap_for_training(model, training_loss, context)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=weight_decay
     )
+    selection = ModelSelection(selection_metric, patience) if validated else None
 
     run_dir = Path(output_root) / dataset_name / f"{run_name or model.description()}-s{random_seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = _RunLog(
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+    progress, checkpoint = _Progress(), None
+    if resume and checkpoint_path.is_file():
+        checkpoint = load_checkpoint(checkpoint_path, gin_config, data.stats(), context.world_size)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        progress = _Progress(**checkpoint["progress"])
+        if selection is not None:
+            selection.load_state_dict(checkpoint["selection"])
+        if context.is_main:
+            print(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step}", flush=True)
+    elif resume and context.is_main:
+        print(f"no checkpoint in {run_dir}: starting from scratch", flush=True)
+    elif checkpoint_path.is_file() and context.is_main:
+        print(f"starting over: removing the earlier run's checkpoint {checkpoint_path}", flush=True)
+        checkpoint_path.unlink()
+    barrier(context)  # no rank may still be reading the checkpoint rank 0 removes
+
+    log = RunLog(
         run_dir,
         {
             "dataset": data.stats(),
+            "run_dir": str(run_dir),
             "model": model.description(),
             "protocol": eval_protocol,
             "text_embedding_model": text_embedding_model,
             "seed": random_seed,
             "selection_metric": selection_metric,
+            "patience": patience,
             "rank_cap": rank_cap,
             "device": str(device),
-            "gin_config": gin.config_str(),
+            "world_size": context.world_size,
+            "gin_config": gin_config,
             "num_parameters": sum(p.numel() for p in model.parameters()),
-            "skipped_users": {"train": train_view.num_skipped_users, "eval": eval_view.num_skipped_users},
+            "skipped_users": {"train": views.train.num_skipped_users, "eval": views.eval.num_skipped_users},
         },
+        purge_step=progress.step,
+        active=context.is_main,
     )
-    print(
+    if checkpoint is None:
+        log.hyperparameters(
+            {
+                "dataset": dataset_name, "model": model.description(), "main_module": main_module,
+                "text_embedding_model": text_embedding_model or "none", "protocol": eval_protocol,
+                "seed": random_seed, "num_epochs": num_epochs, "learning_rate": learning_rate,
+                "weight_decay": weight_decay, "dropout_rate": dropout_rate, "batch_size": local_batch_size,
+                "max_sequence_length": max_sequence_length, "item_embedding_dim": item_embedding_dim,
+                "num_negatives": num_negatives, "temperature": temperature, "patience": patience or 0,
+            },
+            [f"valid/{selection_metric}", *(f"test_best/{m}" for m in DEFAULT_REPORTED)]
+            if validated
+            else [f"test/{m}" for m in DEFAULT_REPORTED],
+        )
+    else:
+        log.results.update(checkpoint["results"])
+        log.results.setdefault("resumed_at", []).append({"epoch": progress.epoch, "step": progress.step})
+        # Last, so that nothing above (model init) draws from the restored generators.
+        restore_rng_state(checkpoint["rng"][context.rank])
+    processes = f" x {context.world_size} processes" if context.is_distributed else ""
+    log.message(
         f"{dataset_name}: {data.num_users} users, {data.num_items} items; training {model.description()} "
-        f"on {len(train_view)} sequences ({eval_protocol} protocol) on {device}; logs in {run_dir}",
-        flush=True,
+        f"on {len(views.train)} sequences ({eval_protocol} protocol) on {device}{processes}; logs in {run_dir}"
     )
 
-    step, best, train_seconds, train_sequences = 0, None, 0.0, 0
-    best_state: Optional[Dict[str, torch.Tensor]] = None
-    for epoch in range(num_epochs):
+    def write_checkpoint() -> None:
+        rng_states = gather_objects(capture_rng_state(), context)  # every rank's, to resume each
+        if context.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "gin_config": gin_config,
+                    "dataset": data.stats(),
+                    "world_size": context.world_size,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_states,
+                    "progress": asdict(progress),
+                    "selection": None if selection is None else selection.state_dict(),
+                    "results": {key: log.results[key] for key in _RESUMED_RESULTS if key in log.results},
+                },
+            )
+        barrier(context)
+
+    for epoch in range(progress.epoch, num_epochs):
+        if selection is not None and selection.should_stop:
+            break
         model.train()
-        shuffle_generator.manual_seed(random_seed * 1_000_003 + epoch)
-        losses: List[float] = []
-        start = time.perf_counter()
+        train_sampler.set_position(epoch, progress.batches_done)
+        clock = time.perf_counter()
         for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, mininterval=5):
+            step = progress.step
             lr = learning_rate * min(1.0, (step + 1) / num_warmup_steps) if step < num_warmup_steps else learning_rate
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss = training_loss(
-                model, batch, device, sampling_strategy, num_negatives, temperature, item_l2_norm
-            )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {step}")
+            loss = train_module(batch, device, sampling_strategy, num_negatives, temperature, item_l2_norm)
+            loss_value = mean_across_ranks(loss, context)  # so that every rank stops together
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
-            log.writer.add_scalar("losses/train", losses[-1], step)
-            log.writer.add_scalar("lr", lr, step)
-            if step % eval_interval == 0:
-                logging.info("step %d (epoch %d): loss %.6f", step, epoch, losses[-1])
-            step += 1
-            train_sequences += batch["target_ids"].numel()
-        train_seconds += time.perf_counter() - start
-        mean_loss = float(np.mean(losses))
-        log.writer.add_scalar("losses/train_epoch", mean_loss, epoch)
-        log.results["epochs"].append({"epoch": epoch, "train_loss": mean_loss})
-        print(f"epoch {epoch}: loss {mean_loss:.4f}, {train_sequences / train_seconds:.0f} seq/s", flush=True)
+            progress.epoch_losses.append(loss_value)
+            log.scalar("losses/train", loss_value, step)
+            log.scalar("lr", lr, step)
+            if step % eval_interval == 0 and context.is_main:
+                logging.info("step %d (epoch %d): loss %.6f", step, epoch, progress.epoch_losses[-1])
+            progress.step += 1
+            progress.batches_done += 1
+            progress.train_sequences += batch["target_ids"].numel() * context.world_size
+            now = time.perf_counter()
+            progress.train_seconds, clock = progress.train_seconds + now - clock, now
+            if (
+                checkpoint_every_n_steps is not None
+                and progress.step % checkpoint_every_n_steps == 0
+                and progress.batches_done < batches_per_epoch  # the epoch's end writes one anyway
+            ):
+                write_checkpoint()
+        mean_loss = float(np.mean(progress.epoch_losses))
+        log.epoch(epoch, mean_loss)
+        log.message(
+            f"epoch {epoch}: loss {mean_loss:.4f}, "
+            f"{progress.train_sequences / max(progress.train_seconds, 1e-9):.0f} seq/s"
+        )
+        progress.epoch, progress.batches_done, progress.epoch_losses = epoch + 1, 0, []
 
         full = epoch % full_eval_every_n == 0 or epoch == num_epochs - 1
-        if validated and not full:
-            continue
-        acc = evaluate_ranking(
-            model, eval_loader, device, rank_cap, max_batches=None if full else partial_eval_num_iters
-        )
-        metrics = acc.means()
-        log.evaluation(epoch, "valid" if validated else "test", full, metrics, acc.count)
-        if validated and (best is None or metrics[selection_metric] > best["valid"][selection_metric]):
-            best = {"epoch": epoch, "valid": metrics}
-            best_state = copy.deepcopy(model.state_dict())
+        if full or not validated:
+            eval_order.set_epoch(epoch)
+            acc = reduce_metrics(
+                evaluate_ranking(model, eval_loader, device, rank_cap, max_batches=None if full else partial_batches),
+                context,
+            )
+            metrics = acc.means()
+            log.evaluation(epoch, views.eval_split, full, metrics, acc.count)
+            if selection is not None:
+                selection.update(epoch, metrics, model)
         log.save()
+        write_checkpoint()
 
-    log.results["train_seconds"] = train_seconds
-    log.results["train_sequences_per_second"] = train_sequences / max(train_seconds, 1e-9)
-    test_loader = create_data_loader(test_view, eval_batch_size, False)
-    if validated:
-        last = evaluate_ranking(model, test_loader, device, rank_cap)
-        log.evaluation(num_epochs - 1, "test_last", True, last.means(), last.count)
+    log.results["train_seconds"] = progress.train_seconds
+    log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
+    test_loader = create_data_loader(
+        views.test, eval_batch_size, ShardSampler(len(views.test), context.rank, context.world_size)
+    )
+    if context.is_main:
         atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
-        model.load_state_dict(best_state)
-        atomic_torch_save(best_state, run_dir / "best_model.pt")
-        best_test = evaluate_ranking(model, test_loader, device, rank_cap)
-        log.evaluation(best["epoch"], "test_best", True, best_test.means(), best_test.count)
-        best["test"] = best_test.means()
+    if selection is not None:
+        last = reduce_metrics(evaluate_ranking(model, test_loader, device, rank_cap), context)
+        log.evaluation(progress.epoch - 1, "test_last", True, last.means(), last.count)
+        model.load_state_dict(selection.best_state)
+        if context.is_main:
+            atomic_torch_save(selection.best_state, run_dir / "best_model.pt")
+        best_test = reduce_metrics(evaluate_ranking(model, test_loader, device, rank_cap), context)
+        log.evaluation(selection.best["epoch"], "test_best", True, best_test.means(), best_test.count)
         log.results["last"] = last.means()
-        log.results["best"] = best
-        print(f"best epoch by validation {selection_metric}: {best['epoch']}", flush=True)
+        log.results["best"] = dict(selection.best, test=best_test.means())
+        log.message(f"best epoch by validation {selection_metric}: {selection.best['epoch']}")
     else:
         full_evals = [e for e in log.results["evaluations"] if e["full"]]
         log.results["last"] = full_evals[-1]["metrics"]
         log.results["best"] = None  # no validation split under the reference protocol
-        atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
+    log.results["epochs_trained"] = progress.epoch
+    log.results["stopped_early"] = progress.epoch < num_epochs
     log.results["gin_config"] = gin.operative_config_str()
-    log.save()
-    log.writer.close()
+    log.results["finished"] = True
+    log.close()
     return log.results

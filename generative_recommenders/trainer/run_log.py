@@ -1,0 +1,78 @@
+"""Everything a run reports: stdout, TensorBoard (scalars and hparams) and ``results.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from generative_recommenders.data.sequence_format import atomic_write_text
+from generative_recommenders.evaluation.metrics import format_metrics
+
+RESULTS_FILE = "results.json"
+
+
+class RunLog:
+    """Evaluations go to TensorBoard under their split (``valid/``, ``test/``, ``test_best/``, ...).
+
+    ``purge_step`` is the global step the run starts from: TensorBoard hides
+    events of the same folder logged at or after it (an earlier run, or what
+    a killed run logged after its last checkpoint).
+
+    In a multi-process run only one process writes: the others keep the same
+    ``results`` (every rank sees the same reduced metrics) and write nothing.
+    """
+
+    def __init__(self, output_dir: Path, header: Dict[str, Any], purge_step: int, active: bool = True) -> None:
+        self.output_dir = output_dir
+        self.active = active
+        self.writer = SummaryWriter(log_dir=str(output_dir), purge_step=purge_step) if active else None
+        self.results: Dict[str, Any] = dict(header, epochs=[], evaluations=[])
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.active:
+            self.writer.add_scalar(tag, value, step)
+
+    def message(self, text: str) -> None:
+        if self.active:
+            print(text, flush=True)
+
+    def hyperparameters(self, values: Dict[str, Any], metric_tags: Iterable[str]) -> None:
+        """Opens the run's TensorBoard hparams session; the metrics are scalar tags logged later."""
+        if not self.active:
+            return
+        experiment, session_start, _ = hparams(values, {tag: 0.0 for tag in metric_tags})
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(session_start)
+
+    def epoch(self, epoch: int, train_loss: float) -> None:
+        self.scalar("losses/train_epoch", train_loss, epoch)
+        self.results["epochs"].append({"epoch": epoch, "train_loss": train_loss})
+
+    def evaluation(self, epoch: int, split: str, full: bool, metrics: Dict[str, float], users: int) -> None:
+        kind = "" if full else " (partial)"
+        self.message(f"eval @ epoch {epoch} [{split}{kind}, {users} users]: {format_metrics(metrics)}")
+        prefix = split if full else f"{split}_partial"
+        for name, value in metrics.items():
+            self.scalar(f"{prefix}/{name}", value, epoch)
+        self.results["evaluations"].append(
+            {"epoch": epoch, "split": split, "full": full, "users": users, "metrics": metrics}
+        )
+
+    def save(self) -> None:
+        if not self.active:
+            return
+        self.writer.flush()
+        atomic_write_text(self.output_dir / RESULTS_FILE, json.dumps(self.results, indent=2))
+
+    def close(self) -> None:
+        """Saves the results and marks the hparams session finished."""
+        if not self.active:
+            return
+        _, _, session_end = hparams({}, {})
+        self.writer.file_writer.add_summary(session_end)
+        self.save()
+        self.writer.close()
