@@ -64,3 +64,31 @@ def test_accumulator_averages_over_users_across_chunks():
     assert means["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 11) / 3)
     with pytest.raises(ValueError):
         MetricAccumulator().means()
+
+
+def _ranks_one_by_one(scores, targets, history, rank_cap=None):
+    """Each user's rank counted item by item: the definition, not the vectorized code."""
+    ranks = []
+    for b in range(scores.size(0)):
+        target = int(targets[b])
+        removed = {int(i) for i in history[b]} - {target}
+        ahead = sum(
+            1 for item in range(1, scores.size(1))
+            if item != target and item not in removed and scores[b, item] >= scores[b, target]
+        )
+        rank = ahead + 1
+        ranks.append(rank_cap + 1 if rank_cap is not None and rank > rank_cap else rank)
+    return ranks
+
+
+@pytest.mark.parametrize("rank_cap", [None, 7])
+def test_ranks_equal_the_item_by_item_count(rank_cap):
+    generator = torch.Generator().manual_seed(4)
+    # Few distinct scores: many ties; histories with padding, repeats and the target itself.
+    scores = torch.randint(0, 6, (20, 31), generator=generator).float()
+    targets = torch.randint(1, 31, (20,), generator=generator)
+    history = torch.randint(0, 31, (20, 9), generator=generator)
+    history[::3, 0] = targets[::3]
+    history[1::4, -3:] = 0
+    expected = _ranks_one_by_one(scores, targets, history, rank_cap)
+    assert target_ranks(scores, targets, history, rank_cap).tolist() == expected

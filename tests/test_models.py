@@ -4,12 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generative_recommenders.modeling.hstu import (
-    HSTUEncoder,
-    RelativeAttentionBias,
-    request_time_buckets,
-    time_bucket,
-)
+from generative_recommenders.modeling.hstu import HSTUEncoder, RelativeAttentionBias, request_timestamps
+from generative_recommenders.ops.hstu_attention import dense_relative_bias, time_bucket
 from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding
 from generative_recommenders.modeling.sequential import SequentialRecommender
@@ -37,7 +33,7 @@ def test_time_bucket_known_values():
 
 def test_request_time_buckets_use_the_next_event_time():
     ts = torch.tensor([[100, 110, 1100]])
-    buckets = request_time_buckets(ts)
+    buckets = time_bucket(request_timestamps(ts).unsqueeze(2) - ts.unsqueeze(1))
     # Query 0 is asked at t_1 = 110: gaps to keys 100, 110, 1100 are 10, 0, 990.
     assert buckets[0, 0].tolist() == time_bucket(torch.tensor([10, 0, 990])).tolist()
     # The last query repeats its own time (1100).
@@ -53,12 +49,13 @@ def test_relative_bias_matches_the_reference_pad_repeat_construction():
     r = (2 * n - 1) // 2
     expected = t[..., r:-r][0]
     zero_buckets = torch.zeros(1, n, n, dtype=torch.long)
-    got = bias(zero_buckets)[0] - bias.time_weights[0].detach()
-    torch.testing.assert_close(got.detach(), expected)
+
+    def dense(buckets):
+        return dense_relative_bias(bias.position_weights, bias.time_weights, buckets)[0].detach()
+
+    torch.testing.assert_close(dense(zero_buckets) - bias.time_weights[0].detach(), expected)
     # A shorter batch sees the top-left block of the same matrix.
-    torch.testing.assert_close(
-        (bias(zero_buckets[:, :4, :4])[0] - bias.time_weights[0]).detach(), expected[:4, :4]
-    )
+    torch.testing.assert_close(dense(zero_buckets[:, :4, :4]) - bias.time_weights[0].detach(), expected[:4, :4])
 
 
 def _model(kind: str) -> SequentialRecommender:
@@ -154,3 +151,65 @@ def test_too_long_batch_is_a_clear_error():
     ids, lengths, ts = _batch([3], MAX_LEN + 1)
     with pytest.raises(ValueError, match="max_sequence_len"):
         model.encode(ids, lengths, ts)
+
+
+def _encode_with_grads(model, backend, ids, lengths, ts):
+    from generative_recommenders.ops import hstu_attention
+
+    model.zero_grad()
+    hstu_attention.set_backend(backend)
+    try:
+        out = model.encode(ids, lengths, ts)
+    finally:
+        hstu_attention.set_backend(None)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * weights).sum().backward()
+    return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("relative_bias", [True, False])
+def test_hstu_optimized_attention_gives_the_padded_reference_outputs_and_gradients(relative_bias, jagged_backend):
+    encoder = HSTUEncoder(DIM, MAX_LEN, num_blocks=2, num_heads=2, dqk=4, dv=8,
+                          enable_relative_attention_bias=relative_bias)
+    model = SequentialRecommender(ItemEmbedding(NUM_ITEMS, DIM), encoder, MAX_LEN, dropout_rate=0.0)
+    # Length 1, full length (the whole configured N) and lengths between.
+    ids, lengths, ts = _batch([1, MAX_LEN, 5, 2, 9], MAX_LEN)
+    reference_out, reference_grads = _encode_with_grads(model, "padded", ids, lengths, ts)
+    out, grads = _encode_with_grads(model, "torch", ids, lengths, ts)
+    valid = torch.arange(MAX_LEN).unsqueeze(0) < lengths.unsqueeze(1)
+    torch.testing.assert_close(out[valid], reference_out[valid])
+    assert reference_grads.keys() == grads.keys() and len(grads) == len(list(model.parameters()))
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _sasrec_with_multihead_attention(encoder, x, lengths):
+    """SASRec's blocks as first written: padded, through torch.nn.MultiheadAttention."""
+    width = x.size(1)
+    causal = torch.triu(torch.ones(width, width, dtype=torch.bool), 1)
+    valid = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).float()
+    for block in encoder.blocks:
+        queries = F.layer_norm(x, [DIM], eps=1e-8)
+        attended, _ = block.attention(queries, x, x, attn_mask=causal, need_weights=False)
+        hidden = F.layer_norm(queries + attended, [DIM], eps=1e-8)
+        x = (block.ffn(hidden) + hidden) * valid
+    return x
+
+
+def test_jagged_sasrec_equals_multihead_attention_on_padded_inputs():
+    model = _model("sasrec")
+    ids, lengths, ts = _batch([1, MAX_LEN, 5, 2], MAX_LEN)
+    x = model.item_embeddings(ids) * math.sqrt(DIM) + model.position_embedding(torch.arange(MAX_LEN))
+    x = x * (torch.arange(MAX_LEN).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+    torch.testing.assert_close(model.encoder(x, lengths, ts), _sasrec_with_multihead_attention(model.encoder, x, lengths))
+
+
+def test_sasrec_grouped_attention_gives_the_padded_reference_outputs_and_gradients(jagged_backend):
+    model = _model("sasrec")
+    ids, lengths, ts = _batch([1, MAX_LEN, 5, 2, 9], MAX_LEN)
+    reference_out, reference_grads = _encode_with_grads(model, "padded", ids, lengths, ts)
+    out, grads = _encode_with_grads(model, None, ids, lengths, ts)
+    torch.testing.assert_close(out, reference_out)
+    assert reference_grads.keys() == grads.keys() and len(grads) == len(list(model.parameters()))
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6, msg=name)

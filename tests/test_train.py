@@ -210,3 +210,14 @@ def test_text_model_without_text_module_is_a_clear_error(tmp_path):
     cyclic_dataset(tmp_path / "data")
     proc = run_main(tiny_config(tmp_path, "HSTU"), 'train_fn.text_embedding_model = "fake"')
     assert proc.returncode != 0 and "go together" in proc.stderr
+
+
+def test_length_bucketed_batches_train_every_sequence_once_per_epoch(tmp_path):
+    cyclic_dataset(tmp_path / "data")
+    proc = run_main(tiny_config(tmp_path, "HSTU"), "train_fn.length_bucketed_batches = True")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-s42" / "results.json").read_text())
+    assert results["best"]["test"]["hr@10"] > 0.6
+    # 320 users x 2 epochs: each training sequence once per epoch.
+    trained = results["train_sequences_per_second"] * results["train_seconds"]
+    assert trained == pytest.approx(640)

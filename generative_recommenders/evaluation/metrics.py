@@ -35,15 +35,12 @@ def target_ranks(
     """
     if not torch.isfinite(scores).all():
         raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
-    scores = scores.clone()
     target_scores = scores.gather(1, target_ids.view(-1, 1))
-    excluded = torch.zeros_like(scores, dtype=torch.bool)
-    excluded[:, 0] = True
-    if history_ids is not None:
-        excluded.scatter_(1, history_ids, True)
-    excluded.scatter_(1, target_ids.view(-1, 1), True)  # the target is counted below, once
-    ahead = (scores >= target_scores) & ~excluded
-    ranks = ahead.sum(dim=1) + 1
+    # Excluded items drop to -inf, below any finite target; the target then counts itself.
+    masked = scores.clone() if history_ids is None else scores.scatter(1, history_ids, float("-inf"))
+    masked[:, 0] = float("-inf")
+    masked.scatter_(1, target_ids.view(-1, 1), target_scores)
+    ranks = (masked >= target_scores).sum(dim=1)
     if rank_cap is not None:
         ranks = torch.where(ranks > rank_cap, torch.full_like(ranks, rank_cap + 1), ranks)
     return ranks

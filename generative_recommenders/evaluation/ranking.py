@@ -30,11 +30,13 @@ def evaluate_ranking(
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        history = batch["history_ids"].to(device)
-        queries = model.query_embeddings(
-            history, batch["history_lengths"].to(device), batch["history_timestamps"].to(device)
+        # Pinned batches (on CUDA) copy while the previous chunk is still ranking.
+        history, lengths, timestamps, targets = (
+            batch[key].to(device, non_blocking=True)
+            for key in ("history_ids", "history_lengths", "history_timestamps", "target_ids")
         )
-        scores = queries @ candidates.T
-        acc.add(target_ranks(scores, batch["target_ids"].to(device), history, rank_cap).cpu())
+        queries = model.query_embeddings(history, lengths, timestamps)
+        scores = queries @ candidates.T  # one matmul per chunk of users
+        acc.add(target_ranks(scores, targets, history, rank_cap).cpu())
     model.train(was_training)
     return acc

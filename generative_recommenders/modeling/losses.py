@@ -37,6 +37,24 @@ def sample_negatives(
     raise ValueError(f"unknown sampling_strategy {strategy!r}; choose from {SAMPLING_STRATEGIES}")
 
 
+def _softmax_over_negatives(
+    positive_logits: torch.Tensor,
+    negative_logits: torch.Tensor,
+    positive_ids: torch.Tensor,
+    negative_ids: torch.Tensor,
+) -> torch.Tensor:
+    negative_logits = negative_logits.masked_fill(
+        negative_ids == positive_ids.unsqueeze(1), float("-inf")
+    )
+    logits = torch.cat([positive_logits.unsqueeze(1), negative_logits], dim=1)
+    return -F.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def _check_positions(queries: torch.Tensor) -> None:
+    if queries.size(0) == 0:
+        raise ValueError("sampled_softmax_loss got no valid positions")
+
+
 def sampled_softmax_loss(
     queries: torch.Tensor,
     positive_ids: torch.Tensor,
@@ -54,15 +72,52 @@ def sampled_softmax_loss(
         temperature: logits are divided by it.
     A negative equal to its positive is masked out.
     """
-    if queries.size(0) == 0:
-        raise ValueError("sampled_softmax_loss got no valid positions")
-    positive_logits = (queries * positive_embeddings).sum(-1, keepdim=True) / temperature
+    _check_positions(queries)
+    positive_logits = (queries * positive_embeddings).sum(-1) / temperature
     negative_logits = torch.bmm(negative_embeddings, queries.unsqueeze(-1)).squeeze(-1) / temperature
-    negative_logits = negative_logits.masked_fill(
-        negative_ids == positive_ids.unsqueeze(1), float("-inf")
-    )
-    logits = torch.cat([positive_logits, negative_logits], dim=1)
-    return -F.log_softmax(logits, dim=1)[:, 0].mean()
+    return _softmax_over_negatives(positive_logits, negative_logits, positive_ids, negative_ids)
+
+
+def sampled_softmax_loss_from_table(
+    queries: torch.Tensor,
+    positive_ids: torch.Tensor,
+    positive_embeddings: torch.Tensor,
+    negative_ids: torch.Tensor,
+    item_table: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """:func:`sampled_softmax_loss` with ``negative_embeddings = item_table[negative_ids]``.
+
+    Scores every position against the whole table (one matmul) and picks the
+    negatives' logits, instead of gathering ``[P, R, D]`` embeddings: cheaper
+    while the catalogue is small next to ``R * D``.
+    """
+    _check_positions(queries)
+    positive_logits = (queries * positive_embeddings).sum(-1) / temperature
+    negative_logits = torch.gather(queries @ item_table.T, 1, negative_ids) / temperature
+    return _softmax_over_negatives(positive_logits, negative_logits, positive_ids, negative_ids)
+
+
+NEGATIVE_SCORINGS = ("auto", "per_sample", "gathered", "item_table")
+# Scoring the whole table beats gathering [P, R, D] negatives up to a catalogue of about
+# 60-100 items per negative on a CPU (benchmarks/sampled_softmax.py); the margin is kept.
+_ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE = 32
+
+
+def resolve_negative_scoring(negative_scoring: str, num_items: int, num_negatives: int, num_positions: int) -> str:
+    """The concrete scoring ``auto`` stands for (others are returned as they are).
+
+    ``auto``: ``item_table`` up to 32 items per negative; ``per_sample`` when the
+    step samples fewer negatives (``num_positions * num_negatives``) than there
+    are items, so that a huge catalogue is never embedded whole; else ``gathered``.
+    """
+    if negative_scoring not in NEGATIVE_SCORINGS:
+        raise ValueError(f"unknown negative_scoring {negative_scoring!r}; choose from {NEGATIVE_SCORINGS}")
+    if negative_scoring != "auto":
+        return negative_scoring
+    if num_items + 1 <= _ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE * num_negatives:
+        return "item_table"
+    return "per_sample" if num_items + 1 > num_positions * num_negatives else "gathered"
 
 
 def training_loss(
@@ -73,24 +128,53 @@ def training_loss(
     num_negatives: int,
     temperature: float,
     item_l2_norm: bool,
+    negative_scoring: str = "auto",
 ) -> torch.Tensor:
-    """Next-item sampled softmax at every history position (target appended)."""
-    lengths = batch["history_lengths"].to(device)
-    ids = batch["history_ids"].to(device).scatter(
-        1, lengths.view(-1, 1), batch["target_ids"].to(device).view(-1, 1)
+    """Next-item sampled softmax at every history position (target appended).
+
+    ``negative_scoring`` says how the sampled negatives are embedded and scored,
+    all giving the same loss:
+
+    * ``per_sample``: the item embedding module runs on every sampled negative
+      (the reference: with text, each negative's text is projected on its own);
+    * ``gathered``: every item is embedded (and normalized) once per step, the
+      negatives' rows are gathered;
+    * ``item_table``: the same table, scored against every position in one
+      matmul, the negatives' logits picked from it;
+    * ``auto``: see :func:`resolve_negative_scoring`.
+    """
+    lengths = batch["history_lengths"].to(device, non_blocking=True)
+    num_positions = int(batch["history_lengths"].sum())
+    scoring = resolve_negative_scoring(negative_scoring, model.num_items, num_negatives, num_positions)
+    target_ids = batch["target_ids"].to(device, non_blocking=True)
+    ids = batch["history_ids"].to(device, non_blocking=True).scatter(
+        1, lengths.view(-1, 1), target_ids.view(-1, 1)
     )
-    embeddings = model.item_embeddings(ids)
-    encoded = model.encode(ids, lengths + 1, batch["history_timestamps"].to(device), embeddings)
+    item_table = None if scoring == "per_sample" else model.all_item_embeddings()
+    embeddings = model.item_embeddings(ids) if item_table is None else item_table[ids]
+    timestamps = batch["history_timestamps"].to(device, non_blocking=True)
+    encoded = model.encode(ids, lengths + 1, timestamps, embeddings)
     positions = torch.arange(ids.size(1) - 1, device=device)
     valid = positions.unsqueeze(0) < lengths.unsqueeze(1)  # position p predicts ids[:, p + 1]
     queries = encoded[:, :-1][valid]
     positive_ids = ids[:, 1:][valid]
     positive_embeddings = embeddings[:, 1:][valid]
     negative_ids = sample_negatives(sampling_strategy, positive_ids, num_negatives, model.num_items)
-    item_table = model.all_item_embeddings()
-    if item_l2_norm:
-        positive_embeddings = model.normalize_items(positive_embeddings)
-        item_table = model.normalize_items(item_table)
-    return sampled_softmax_loss(
-        queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature
+
+    def normalized(x: torch.Tensor) -> torch.Tensor:
+        return model.normalize_items(x) if item_l2_norm else x
+
+    positive_embeddings = normalized(positive_embeddings)
+    if item_table is None:
+        negative_embeddings = normalized(model.item_embeddings(negative_ids))
+        return sampled_softmax_loss(
+            queries, positive_ids, positive_embeddings, negative_ids, negative_embeddings, temperature
+        )
+    item_table = normalized(item_table)
+    if scoring == "gathered":
+        return sampled_softmax_loss(
+            queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature
+        )
+    return sampled_softmax_loss_from_table(
+        queries, positive_ids, positive_embeddings, negative_ids, item_table, temperature
     )

@@ -1,10 +1,18 @@
-"""SASRec (Kang & McAuley, ICDM 2018) as configured in the HSTU reference."""
+"""SASRec (Kang & McAuley, ICDM 2018) as configured in the HSTU reference.
+
+Blocks run on jagged tensors (no work on padding); the attention is
+``ops.softmax_attention`` (sequences of similar length attend together).
+"""
 
 from __future__ import annotations
 
 import gin
 import torch
 import torch.nn.functional as F
+
+from generative_recommenders.ops import hstu_attention, jagged
+from generative_recommenders.ops.hstu_attention import JaggedSequences
+from generative_recommenders.ops.softmax_attention import causal_softmax_attention
 
 _ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU}
 
@@ -39,16 +47,32 @@ class SASRecBlock(torch.nn.Module):
             torch.nn.Dropout(ffn_dropout_rate),
         )
 
-    def forward(
-        self, x: torch.Tensor, causal_mask: torch.Tensor, valid_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sequences: JaggedSequences, max_seq_len: int) -> torch.Tensor:
+        """``x [T, D]`` jagged by ``sequences``."""
         queries = F.layer_norm(x, [self.embedding_dim], eps=1e-8)
-        attended, _ = self.attention(
-            queries, x, x, attn_mask=causal_mask, need_weights=False
-        )
+        attended = self._attention(queries, x, sequences, max_seq_len)
         # As in the reference, the FFN's residual is its own (normed) input.
         hidden = F.layer_norm(queries + attended, [self.embedding_dim], eps=1e-8)
-        return (self.ffn(hidden) + hidden) * valid_mask
+        return self.ffn(hidden) + hidden
+
+    def _attention(
+        self, queries: torch.Tensor, x: torch.Tensor, sequences: JaggedSequences, max_seq_len: int
+    ) -> torch.Tensor:
+        """``self.attention``'s computation (query ``queries``, key and value ``x``), causal, jagged."""
+        mha = self.attention
+        heads, head_dim = mha.num_heads, self.embedding_dim // mha.num_heads
+        w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+        attended = causal_softmax_attention(
+            F.linear(queries, w_q, b_q).view(-1, heads, head_dim),
+            F.linear(x, w_k, b_k).view(-1, heads, head_dim),
+            F.linear(x, w_v, b_v).view(-1, heads, head_dim),
+            sequences,
+            max_seq_len,
+            dropout_rate=mha.dropout,
+            training=self.training,
+        )
+        return mha.out_proj(attended.reshape(-1, self.embedding_dim))
 
 
 @gin.configurable("sasrec_encoder")
@@ -77,11 +101,6 @@ class SASRecEncoder(torch.nn.Module):
         for name, param in self.named_parameters():
             if param.dim() >= 2:
                 torch.nn.init.xavier_normal_(param)
-        self.register_buffer(
-            "causal_mask",
-            torch.triu(torch.ones(max_sequence_len, max_sequence_len, dtype=torch.bool), 1),
-            persistent=False,
-        )
         self.description = (
             f"SASRec-b{num_blocks}-h{num_heads}-ffn{ffn_hidden_dim}-{ffn_activation_fn}"
             f"-d{ffn_dropout_rate}"
@@ -92,10 +111,15 @@ class SASRecEncoder(torch.nn.Module):
     ) -> torch.Tensor:
         del timestamps  # SASRec uses positions only
         padded_length = x.size(1)
-        positions = torch.arange(padded_length, device=x.device)
-        valid_mask = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1).to(x.dtype)
-        causal_mask = self.causal_mask[:padded_length, :padded_length]
+        rows = lengths
+        if hstu_attention.padded_reference_forced():
+            # The reference computes every padded position too: all of them count as rows.
+            rows = torch.full_like(lengths, padded_length)
+        offsets = jagged.complete_cumsum(rows)
+        sequences = JaggedSequences(offsets, padded_length)
+        values = jagged.dense_to_jagged(x, offsets)
         for block in self.blocks:
-            x = block(x, causal_mask, valid_mask)
-        return x
-
+            values = block(values, sequences, self.max_sequence_len)
+        out = jagged.jagged_to_padded_dense(values, offsets, padded_length)
+        valid = torch.arange(padded_length, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
+        return out * valid.unsqueeze(-1).to(out.dtype)

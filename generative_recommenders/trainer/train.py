@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from generative_recommenders.data.batching import LengthBucketedBatchSampler, history_lengths
 from generative_recommenders.data.dataset import collate_sequences
 from generative_recommenders.data.sequence_format import atomic_torch_save, load_sequence_dataset
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, METRIC_NAMES
@@ -80,15 +81,17 @@ def create_data_loader(
     sampler: Optional[Sampler] = None,
     num_workers: int = 0,
     prefetch_factor: Optional[int] = None,
+    batch_sampler: Optional[Sampler] = None,
 ) -> torch.utils.data.DataLoader:
-    """Batches in ``sampler``'s order (sequential without one)."""
+    """Batches in ``sampler``'s order (sequential without one), or ``batch_sampler``'s batches."""
     # Examples are slices of in-memory arrays: more workers than spare cores only compete
     # with the training threads (the reference configs ask for 8).
     workers = min(num_workers, max(0, (os.cpu_count() or 1) - 2))
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batch_size if batch_sampler is None else 1,
         sampler=sampler,
+        batch_sampler=batch_sampler,
         collate_fn=collate_sequences,
         num_workers=workers,
         prefetch_factor=prefetch_factor if workers > 0 else None,
@@ -184,6 +187,8 @@ def train_fn(
     patience: Optional[int] = None,
     checkpoint_every_n_steps: Optional[int] = 1000,
     deterministic: bool = False,
+    length_bucketed_batches: bool = False,
+    autocast_bf16: bool = False,
     rank_cap: Optional[int] = None,
     data_root: str = "tmp",
     output_root: str = "exps",
@@ -204,7 +209,10 @@ def train_fn(
     resumes are then bit-exact, where otherwise gradients that accumulate with
     atomic adds may differ in the last bits. ``patience``: under
     ``validated``, stop after that many evaluations without a better
-    ``selection_metric``. ``rank_cap=2500`` reproduces the reference's capped
+    ``selection_metric``. ``length_bucketed_batches``: batches of sequences of
+    similar length (less padding, faster; batches are less random).
+    ``autocast_bf16``: the training step in bfloat16 autocast on CUDA.
+    ``rank_cap=2500`` reproduces the reference's capped
     ranks (default: exact). ``context`` places this process in a multi-process
     run (default: one process, on the GPU when there is one): each rank trains on
     its share of every batch-order, evaluates its share of the users, and rank 0
@@ -261,11 +269,18 @@ def train_fn(
         raise ValueError(
             f"{dataset_name}: no user has enough items to train under the {eval_protocol} protocol"
         )
-    train_sampler = ResumableSampler(
-        views.train, local_batch_size, random_seed, num_replicas=context.world_size, rank=context.rank
-    )
-    train_loader = create_data_loader(views.train, local_batch_size, train_sampler)
-    batches_per_epoch = math.ceil(len(train_sampler.order) / local_batch_size)
+    if length_bucketed_batches:
+        if context.is_distributed:
+            raise ValueError("train_fn.length_bucketed_batches runs in one process only; drop it or --nproc")
+        train_sampler = LengthBucketedBatchSampler(history_lengths(views.train), local_batch_size, random_seed)
+        batches_per_epoch = len(train_sampler)
+        train_loader = create_data_loader(views.train, local_batch_size, batch_sampler=train_sampler)
+    else:
+        train_sampler = ResumableSampler(
+            views.train, local_batch_size, random_seed, num_replicas=context.world_size, rank=context.rank
+        )
+        batches_per_epoch = math.ceil(len(train_sampler.order) / local_batch_size)
+        train_loader = create_data_loader(views.train, local_batch_size, train_sampler)
     # Shuffled like the reference so that partial evaluations see a random subset.
     eval_order = ShardSampler(
         len(views.eval), context.rank, context.world_size, shuffle=not validated, seed=random_seed
@@ -386,7 +401,8 @@ def train_fn(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss = train_module(batch, device, sampling_strategy, num_negatives, temperature, item_l2_norm)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16 and device.type == "cuda"):
+                loss = train_module(batch, device, sampling_strategy, num_negatives, temperature, item_l2_norm)
             loss_value = mean_across_ranks(loss, context)  # so that every rank stops together
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")

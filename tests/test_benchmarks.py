@@ -1,0 +1,57 @@
+"""The benchmarks' own pieces: synthetic data, reference padding, and tiny measured cases."""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from generative_recommenders.data.dataset import SequenceView, collate_sequences
+
+
+
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+train_throughput = _benchmark("train_throughput")
+attention = _benchmark("attention")
+
+
+def test_synthetic_histories_span_one_to_the_length():
+    data = train_throughput.synthetic_dataset(num_users=400, max_length=20)
+    history = [len(s) - 2 for s in data.item_ids]
+    assert min(history) == 1 and max(history) == 20
+    assert all((s >= 0).all() and (s < data.num_items).all() for s in data.item_ids)
+    assert all((t[1:] >= t[:-1]).all() for t in data.timestamps)
+
+
+def test_reference_batches_are_padded_to_the_full_length_and_keep_their_values():
+    data = train_throughput.synthetic_dataset(num_users=5, max_length=6)
+    batch = collate_sequences([SequenceView(data, 6, ignore_last_n=1)[i] for i in range(5)])
+    padded = train_throughput.pad_batch(batch, 17)
+    width = batch["history_ids"].size(1)
+    for key in ("history_ids", "history_timestamps", "history_ratings"):
+        assert padded[key].shape == (5, 17)
+        assert torch.equal(padded[key][:, :width], batch[key]) and not padded[key][:, width:].any()
+    assert torch.equal(padded["target_ids"], batch["target_ids"])
+
+
+def test_a_tiny_case_is_measured_on_every_path():
+    args = argparse.Namespace(tokens_per_batch=48, warmup=1, steps=1, data_root="unused")
+    results = train_throughput.measure_speed("synthetic-12", ["reference", "optimized", "bucketed"], args)
+    for path in ("reference", "optimized", "bucketed"):
+        assert results[path]["train_seq_per_s"] > 0 and results[path]["eval_users_per_s"] > 0
+        assert results[path]["epoch_seconds"] is None  # synthetic data has no epoch
+    assert train_throughput.measure_memory("synthetic-12", "optimized", args)["peak_mib"] > 0
+
+
+def test_attention_benchmark_times_every_backend():
+    args = argparse.Namespace(tokens_per_batch=64, warmup=1, steps=1)
+    result = attention.measure(16, ["padded", "torch"], args, torch.device("cpu"))
+    assert set(result["seconds"]) == {"padded", "torch"} and min(result["seconds"].values()) > 0
