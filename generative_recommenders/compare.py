@@ -37,17 +37,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from generative_recommenders.data.sequence_format import atomic_write_text
+from generative_recommenders.atomic_files import atomic_write_text
+from generative_recommenders.errors import UserError
+from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
+from generative_recommenders.trainer.run_log import RESULTS_FILE
 
-RESULTS_FILE = "results.json"
-COLUMNS = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@200", "mrr")
+COLUMNS = DEFAULT_REPORTED
 CURVE_METRIC = "ndcg@10"
 BASELINES = ("HSTU", "SASRec")
 # Config lines that may differ between the seeds of one row.
 _PER_RUN_BINDINGS = re.compile(r"^train_fn\.(random_seed|output_root|data_root) = ")
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     """The runs cannot be compared as asked."""
 
 

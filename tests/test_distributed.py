@@ -17,13 +17,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from generative_recommenders.atomic_files import atomic_torch_save, atomic_write_text
 from generative_recommenders.data.dataset import SequenceView, collate_sequences
-from generative_recommenders.data.sequence_format import (
-    atomic_torch_save,
-    atomic_write_text,
-    load_sequence_dataset,
-    write_sequence_dataset,
-)
+from generative_recommenders.data.sequence_format import load_sequence_dataset, write_sequence_dataset
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.modeling import losses
 from generative_recommenders.trainer import distributed

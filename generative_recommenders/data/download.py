@@ -23,11 +23,12 @@ from typing import Iterator, List, Optional, Sequence, TextIO
 from tqdm import tqdm
 
 from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.errors import UserError
 
 _CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A raw file could not be downloaded, or the downloaded file is corrupt."""
 
 

@@ -22,7 +22,8 @@ from typing import Any, Dict, Iterator, List, Tuple
 import numpy as np
 import pandas as pd
 
-from generative_recommenders.data.sequence_format import DatasetFormatError, atomic_write_text
+from generative_recommenders.atomic_files import atomic_write_text
+from generative_recommenders.data.sequence_format import DatasetFormatError
 
 INTERACTIONS_FILE = "interactions.csv"
 ITEMS_FILE = "items.jsonl"

@@ -27,9 +27,10 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from generative_recommenders.atomic_files import atomic_write_text
 from generative_recommenders.data.download import DownloadError, download
 from generative_recommenders.data.local import Items, require_item_metadata
-from generative_recommenders.data.sequence_format import DatasetFormatError, atomic_write_text
+from generative_recommenders.data.sequence_format import DatasetFormatError
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"

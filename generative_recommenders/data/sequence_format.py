@@ -18,13 +18,15 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import pandas as pd
+
+from generative_recommenders.atomic_files import atomic_write_text
+from generative_recommenders.errors import UserError
 
 SEQUENCE_FILE = "sasrec_format.csv"
 MAPS_FILE = "data_maps.json"
@@ -36,11 +38,9 @@ SEQUENCE_COLUMNS = [
 ]
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError):
     """A prepared dataset file is missing, malformed or inconsistent."""
 
 
@@ -73,39 +73,6 @@ class SequenceDataset:
             "mean_sequence_length": float(lengths.mean()) if len(lengths) else 0.0,
             "median_sequence_length": float(np.median(lengths)) if len(lengths) else 0.0,
         }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temp file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temp file in the same folder and a rename."""
-    import torch  # the sequence files themselves need no torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _join(values: np.ndarray, fmt: str) -> str:

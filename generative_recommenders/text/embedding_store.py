@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Protocol, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from generative_recommenders.data.sequence_format import atomic_torch_save, atomic_write_text
+from generative_recommenders.atomic_files import atomic_torch_save, atomic_write_text
+from generative_recommenders.errors import UserError
 
 # Sidecar fields that the loader checks; encoder metadata may repeat them, not change them.
 _CHECKED_FIELDS = ("cache_key", "dim", "num_items", "texts_hash")
@@ -46,7 +47,7 @@ class EncoderLike(Protocol):
         ...
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(UserError):
     """An item text embedding file, its sidecar or a cache shard is missing, malformed or stale."""
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from generative_recommenders.errors import UserError
+
 if TYPE_CHECKING:
     import tiktoken
 
@@ -35,7 +37,7 @@ HUB_MODELS: Dict[str, str] = {
 POOLINGS = ("cls", "mean")
 
 
-class TextEncodingError(RuntimeError):
+class TextEncodingError(UserError):
     """Item texts could not be encoded: a missing key or tokenizer file, or a failed request."""
 
 

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Sampler
 
-from generative_recommenders.data.sequence_format import atomic_torch_save
+from generative_recommenders.atomic_files import atomic_torch_save
+from generative_recommenders.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "generative_recommenders.trainer/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is unreadable or does not belong to the run being resumed."""
 
 

@@ -31,7 +31,8 @@ import torch.multiprocessing as mp
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from torch.nn.parallel import DistributedDataParallel
 
-from generative_recommenders.data.sequence_format import atomic_torch_save
+from generative_recommenders.atomic_files import atomic_torch_save
+from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.metrics import MetricAccumulator
 
 BACKENDS = ("nccl", "gloo")
@@ -39,7 +40,7 @@ ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 SPAWN_MASTER_ADDR = "localhost"  # spawned processes all run on this machine
 
 
-class DistributedSetupError(ValueError):
+class DistributedSetupError(UserError):
     """Processes that cannot be started as asked; raised before any is started."""
 
 

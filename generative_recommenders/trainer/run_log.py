@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from generative_recommenders.data.sequence_format import atomic_write_text
+from generative_recommenders.atomic_files import atomic_write_text
 from generative_recommenders.evaluation.metrics import format_metrics
 
 RESULTS_FILE = "results.json"

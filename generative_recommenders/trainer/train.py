@@ -22,14 +22,15 @@ import torch
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.data.batching import LengthBucketedBatchSampler, history_lengths
 from generative_recommenders.data.dataset import collate_sequences
-from generative_recommenders.data.sequence_format import atomic_torch_save, load_sequence_dataset
+from generative_recommenders.data.sequence_format import load_sequence_dataset
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, METRIC_NAMES
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.modeling.hstu import HSTUEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
-from generative_recommenders.modeling.losses import training_loss
+from generative_recommenders.modeling.losses import SAMPLING_STRATEGIES, training_loss
 from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.sequential import SequentialRecommender
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
@@ -221,7 +222,7 @@ def train_fn(
     sampling_strategy = _TEXT_ALIASES.get(sampling_strategy, sampling_strategy)
     feat_prep = _TEXT_ALIASES.get(feat_prep, feat_prep)
     _require("loss_module", loss_module, ("SampledSoftmaxLoss",))
-    _require("sampling_strategy", sampling_strategy, ("local", "in-batch"))
+    _require("sampling_strategy", sampling_strategy, SAMPLING_STRATEGIES)
     _require("embedding_module_type", embedding_module_type, ("local", "local_and_text"))
     _require("interaction_module_type", interaction_module_type, ("DotProduct",))
     _require("top_k_method", top_k_method, ("MIPSBruteForceTopK",))

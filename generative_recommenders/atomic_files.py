@@ -1,0 +1,69 @@
+"""Atomic file writes: every output is written to a temp file beside it and renamed into place.
+
+A crash, a kill or a full disk never leaves a half-written file under the
+final name: the earlier file (if any) stays until the new one is complete.
+Every writer of the project (sequence files, embeddings, checkpoints,
+results, comparison outputs, recommendations) goes through this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: 0o666 less the process umask."""
+    try:  # Linux reports the umask without changing it
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere it can only be read by setting it: set it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike) -> Iterator[Path]:
+    """Yields a temp path in ``path``'s folder to write; renames it to ``path`` on success.
+
+    On any exception the temp file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, _file_mode())  # mkstemp creates 0600; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """``text`` as UTF-8, newlines written as they are."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
+    import torch  # data preparation writes files without needing torch
+
+    # Saved through a file object: torch names the archive inside after a path's file name,
+    # which for a temp file would make equal objects give different bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

@@ -1,0 +1,64 @@
+"""The one exception base for mistakes a user can fix, and how command lines report them.
+
+A :class:`UserError` is printed as one line (what is wrong, which file and
+line or which setting, and the fix) and the command exits non-zero, without
+a traceback. ``--debug`` (or ``GR_DEBUG=1``) shows the traceback too.
+Every module raises its own subclass (``DatasetFormatError``,
+``CheckpointError``, ...), so callers can catch one kind or all of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+from typing import Callable, List, NoReturn, Optional, Sequence
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENVIRONMENT = "GR_DEBUG"
+
+
+class UserError(ValueError):
+    """Bad input, a bad setting or a bad environment: reported as one line."""
+
+
+def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
+    argv = sys.argv if argv is None else argv
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for a failed file operation: the path, and what to do about it."""
+    path = error.filename or "the output"
+    if error.errno == errno.ENOSPC:
+        return f"{path}: no space left on the device; free some space or write elsewhere"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path}: not writable ({error.strerror}); choose a folder you can write to"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"{path}: a file stands where a folder is needed ({error.strerror}); move it or choose another path"
+    return f"{path}: {error.strerror or error}"
+
+
+def run_command(program: str, main: Callable[[List[str]], Optional[int]], argv: Optional[List[str]] = None) -> NoReturn:
+    """Runs a command line's ``main(argv)`` and exits with its status.
+
+    A :class:`UserError` or a failed file operation becomes ``program: message``
+    on stderr and exit status 1 (the traceback too under ``--debug``, which is
+    removed from ``argv`` before ``main`` sees it).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        status = main(argv)
+    except (UserError, OSError) as error:
+        if debug:
+            traceback.print_exc()
+        message = os_error_message(error) if isinstance(error, OSError) else str(error)
+        print(f"{program}: {message}" + ("" if debug else f" (details: {DEBUG_FLAG})"), file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(status or 0)
