@@ -6,47 +6,36 @@
     python3 main.py --gin_config_file=... --nproc=2                # 2 CPU processes (gloo)
     torchrun --nproc_per_node=8 main.py --gin_config_file=...      # torchrun's processes
 
-Runs one process per visible GPU (data-parallel, NCCL), else one CPU process.
-Metrics go to stdout, TensorBoard and
-``exps/<dataset>/<config name>-s<seed>/results.json``.
+Runs one process per visible GPU (data-parallel, NCCL, started by torch's
+elastic launcher), else one CPU process. Metrics go to stdout, TensorBoard
+and ``exps/<dataset>/<config name>-s<seed>/results.json``. A mistake in the
+config, the data or the setup is one line on stderr (``--debug`` adds the
+traceback).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
-import gin
-import torch.multiprocessing as mp
 from absl import app, flags
 
+from generative_recommenders.errors import UserError, os_error_message
+from generative_recommenders.logs import configure_logging
+from generative_recommenders.trainer.config import bound_parameter, parse_gin
 from generative_recommenders.trainer.distributed import DistributedContext, launch
-from generative_recommenders.trainer.train import train_fn
+from generative_recommenders.trainer.train import train_config_file
 
-FLAGS = flags.DEFINE_string("gin_config_file", None, "Path to the gin config file.")
+flags.DEFINE_string("gin_config_file", None, "Path to the gin config file.")
 flags.DEFINE_integer("master_port", 12355, "Port of the process group (multi-process runs).")
 flags.DEFINE_integer("nproc", None, "Processes on this machine (default: one per visible GPU, else 1 CPU process).")
 flags.DEFINE_enum("backend", None, ["nccl", "gloo"], "Process group backend (default: nccl with GPUs, else gloo).")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. 'train_fn.num_epochs = 3'.")
 flags.DEFINE_list("seeds", None, "Seeds to run the config with, one run each, e.g. 1,2,3 (overrides train_fn.random_seed).")
 flags.DEFINE_bool("resume", False, "Continue each run from its checkpoint (the gin config must be unchanged).")
-
-
-def _parse_gin(config_file: str, bindings: List[str]) -> None:
-    gin.clear_config()
-    try:
-        gin.parse_config_files_and_bindings([config_file], bindings)
-    except (ValueError, SyntaxError) as e:
-        sys.exit(f"main.py: invalid gin config {config_file}: {e}")
-
-
-def _bound(name: str) -> Optional[str]:
-    try:
-        return gin.query_parameter(name)
-    except ValueError:  # not bound: train_fn's default
-        return None
+flags.DEFINE_bool("debug", False, "Show the traceback of an error, not only its one-line message.")
 
 
 def _seeds(values: Optional[List[str]]) -> List[Optional[int]]:
@@ -55,53 +44,59 @@ def _seeds(values: Optional[List[str]]) -> List[Optional[int]]:
     try:
         return [int(v) for v in values]
     except ValueError:
-        sys.exit(f"main.py: --seeds must be comma-separated integers, got {','.join(values)!r}")
+        raise UserError(f"--seeds must be comma-separated integers, got {','.join(values)!r}") from None
 
 
-def _run_seeds(
+def run_seeds(
     context: DistributedContext, config_file: str, bindings: List[str], seeds: List[Optional[int]], resume: bool
 ) -> None:
-    """One run per seed in this process (one of the run's processes when there are several)."""
+    """One run per seed in this process (one of the run's processes when there are several),
+    then, with several seeds, their comparison table."""
     if not context.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
+        configure_logging(level=30)  # WARNING: rank 0 alone reports
     run_dirs = []
     for seed in seeds:
         # Bound, not passed, so that each run's recorded config names its seed.
-        _parse_gin(config_file, bindings + ([] if seed is None else [f"train_fn.random_seed = {seed}"]))
-        results = train_fn(resume=resume, context=context)
-        run_dirs.append(Path(results["run_dir"]))
+        seed_binding = [] if seed is None else [f"train_fn.random_seed = {seed}"]
+        run_dirs.append(train_config_file(config_file, bindings + seed_binding, resume, context)["run_dir"])
     if len(run_dirs) > 1 and context.is_main:
         # Imported here: matplotlib's import is slow and single runs do not need it.
-        from generative_recommenders.compare import build_tables, format_text, load_runs
+        from generative_recommenders import compare
 
-        print("\n" + format_text(build_tables(load_runs(run_dirs))), flush=True)
+        compare.main([*run_dirs])
 
 
-def main(argv: list) -> None:
+def _main(argv: List[str]) -> None:
     del argv
     config_file = flags.FLAGS.gin_config_file
     if config_file is None:
-        sys.exit("main.py: --gin_config_file is required")
+        raise UserError("--gin_config_file is required, e.g. --gin_config_file=configs/ml-100k/hstu-sampled-softmax-n128-final.gin")
     if not Path(config_file).is_file():
-        sys.exit(f"main.py: gin config file {config_file} not found")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        raise UserError(f"gin config file {config_file} not found")
+    configure_logging()
     bindings = list(flags.FLAGS.gin_bindings)
     seeds = _seeds(flags.FLAGS.seeds)
-    _parse_gin(config_file, bindings)
-    if _bound("train_fn.run_name") is None:  # runs are named after their config unless the config names them
-        protocol = _bound("train_fn.eval_protocol") or "validated"
+    parse_gin([config_file], bindings)
+    if bound_parameter("train_fn.run_name") is None:  # runs are named after their config unless the config names them
+        protocol = bound_parameter("train_fn.eval_protocol", "validated")
         # The protocol is part of the name, so that runs of the two protocols never share a folder.
         suffix = "" if protocol == "validated" else f"-{protocol}"
         bindings.append(f'train_fn.run_name = "{Path(config_file).stem}{suffix}"')
+    launch(
+        run_seeds, config_file, bindings, seeds, flags.FLAGS.resume,
+        nproc=flags.FLAGS.nproc, backend=flags.FLAGS.backend, master_port=flags.FLAGS.master_port,
+    )
+
+
+def main(argv: List[str]) -> None:
     try:
-        launch(
-            _run_seeds, config_file, bindings, seeds, flags.FLAGS.resume,
-            nproc=flags.FLAGS.nproc, backend=flags.FLAGS.backend, master_port=flags.FLAGS.master_port,
-        )
-    except ValueError as e:  # bad data, an unsupported setting or a process setup: say so, no traceback
-        sys.exit(f"main.py: {e}")
-    except mp.ProcessRaisedException as e:  # a spawned process failed: its traceback, once
-        sys.exit(f"main.py: a training process failed:\n{e}")
+        _main(argv)
+    except (UserError, OSError, RuntimeError) as error:
+        # A user's mistake, a file that cannot be written, or a failed training process: one line.
+        if flags.FLAGS.debug:
+            traceback.print_exc()
+        message = os_error_message(error) if isinstance(error, OSError) else str(error)
+        sys.exit(f"main.py: {message}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generative_recommenders.ops import hstu_attention, jagged  # noqa: E402
+from generative_recommenders.ops.sequences import NUM_TIME_BUCKETS, JaggedSequences  # noqa: E402
 
 HEADS, DIM = 4, 16
 
@@ -33,16 +34,16 @@ def make_inputs(length: int, tokens_per_batch: int, device: torch.device, seed: 
     lengths = torch.randint(1, length + 1, (batch,), generator=generator)
     total = int(lengths.sum())
     times = torch.cumsum(torch.randint(0, 86_400, (total,), generator=generator), 0)
-    sequences = hstu_attention.JaggedSequences(
+    sequences = JaggedSequences(
         jagged.complete_cumsum(lengths).to(device), length, times.to(device), (times + 3600).to(device)
     )
-    max_seq_len = length + 11
+    num_positions = length + 11
     leaves = [torch.randn(total, HEADS, DIM, generator=generator) for _ in range(3)]
-    leaves += [torch.randn(2 * max_seq_len - 1) * 0.02, torch.randn(hstu_attention.NUM_TIME_BUCKETS + 1) * 0.02]
+    leaves += [torch.randn(2 * num_positions - 1) * 0.02, torch.randn(NUM_TIME_BUCKETS + 1) * 0.02]
     return {
         "leaves": [t.to(device).requires_grad_() for t in leaves],
         "sequences": sequences,
-        "max_seq_len": max_seq_len,
+        "num_positions": num_positions,
     }
 
 
@@ -52,13 +53,11 @@ def step_fn(backend: str, inputs: Dict, autocast: bool) -> Callable[[], None]:
 
     def step() -> None:
         inputs["sequences"].cache.clear()  # each step is a new batch
-        hstu_attention.set_backend(backend)
-        try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = hstu_attention.hstu_attention(q, k, v, inputs["sequences"], inputs["max_seq_len"], pw, tw)
-            out.float().sum().backward()
-        finally:
-            hstu_attention.set_backend(None)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = hstu_attention.hstu_attention(
+                q, k, v, inputs["sequences"], inputs["num_positions"], pw, tw, backend=backend
+            )
+        out.float().sum().backward()
 
     return step
 

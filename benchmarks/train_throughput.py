@@ -40,8 +40,8 @@ CUDA). Ratios are against ``reference`` in the same run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import resource
@@ -62,9 +62,11 @@ from generative_recommenders.data.dataset import SequenceView, collate_sequences
 from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset  # noqa: E402
 from generative_recommenders.evaluation.ranking import evaluate_ranking  # noqa: E402
 from generative_recommenders.modeling.losses import training_loss  # noqa: E402
-from generative_recommenders.ops import hstu_attention  # noqa: E402
+from generative_recommenders.modeling.registry import ModelInputs, build_model  # noqa: E402
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings  # noqa: E402
-from generative_recommenders.trainer import train  # noqa: E402
+from generative_recommenders.trainer.config import bound_parameter  # noqa: E402
+from generative_recommenders.trainer.distributed import single_process_context, wrap_for_training  # noqa: E402
+from generative_recommenders.trainer.train import train_step, warmup_factor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("reference", "optimized", "bucketed", "compiled", "bf16")
@@ -92,10 +94,7 @@ SYNTHETIC_ITEMS = 2048
 
 
 def _param(name: str, default: Any) -> Any:
-    try:
-        return gin.query_parameter(f"train_fn.{name}")
-    except ValueError:  # not bound in the config: train_fn's default
-        return default
+    return bound_parameter(f"train_fn.{name}", default)
 
 
 def synthetic_dataset(num_users: int, max_length: int, seed: int = 0) -> SequenceDataset:
@@ -160,14 +159,29 @@ class PathRunner:
     def __init__(self, path: str, setting: Setting, device: torch.device) -> None:
         self.path, self.setting, self.device = path, setting, device
         torch.manual_seed(42)
-        self.max_positions = setting.max_length + _param("gr_output_length", 10) + 1
-        self.model = train.build_model(
-            setting.main_module, setting.data.num_items, _param("item_embedding_dim", 64),
-            self.max_positions, _param("dropout_rate", 0.2), "l2_norm", 1e-6, setting.text,
-        ).to(device)
+        self.num_positions = setting.max_length + _param("gr_output_length", 10) + 1
+        inputs = ModelInputs(
+            num_items=setting.data.num_items,
+            embedding_dim=_param("item_embedding_dim", 64),
+            num_positions=self.num_positions,
+            dropout_rate=_param("dropout_rate", 0.2),
+            text_embeddings=setting.text,
+            attention_backend="padded" if path == "reference" else "auto",
+        )
+        self.model = build_model(setting.main_module, inputs).to(device)
         if path == "compiled":
             self.model.encoder = torch.compile(self.model.encoder, dynamic=True)
+        self.context = single_process_context()
+        loss = functools.partial(
+            training_loss,
+            sampling_strategy="local",
+            num_negatives=setting.num_negatives,
+            temperature=0.05,
+            negative_scoring="per_sample" if path == "reference" else "auto",
+        )
+        self.train_module = wrap_for_training(self.model, loss, self.context)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.98))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_factor(0))
         train_view = SequenceView(setting.data, setting.max_length, ignore_last_n=1)
         if path == "bucketed":
             sampler = LengthBucketedBatchSampler(history_lengths(train_view), setting.batch_size, seed=0)
@@ -185,35 +199,18 @@ class PathRunner:
             batch_size=setting.batch_size, collate_fn=collate_sequences,
         )
 
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        hstu_attention.set_backend("padded" if self.path == "reference" else None)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.path == "bf16")
-        try:
-            with autocast:
-                yield
-        finally:
-            hstu_attention.set_backend(None)
-
     def _prepared(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        return pad_batch(batch, self.max_positions) if self.path == "reference" else batch
+        return pad_batch(batch, self.num_positions) if self.path == "reference" else batch
 
     def step(self) -> int:
         start = time.perf_counter()
         batch = self._prepared(next(self.batches))
         self.data_seconds += time.perf_counter() - start
-        scoring = "per_sample" if self.path == "reference" else "auto"
-        with self.active():
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = training_loss(
-                self.model, batch, self.device, "local", self.setting.num_negatives, 0.05, True, scoring
-            )
-            loss.backward()
-            self.optimizer.step()
+        train_step(self.train_module, batch, self.optimizer, self.scheduler, self.context, self.path == "bf16")
         return batch["target_ids"].numel()
 
     def evaluate(self) -> int:
-        with self.active():
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.path == "bf16"):
             return evaluate_ranking(self.model, map(self._prepared, self.test_loader), self.device).count
 
 

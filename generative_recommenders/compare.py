@@ -37,7 +37,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from generative_recommenders.atomic_files import atomic_write_text
+from generative_recommenders.atomic_files import atomic_path, atomic_write_text
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
 from generative_recommenders.trainer.run_log import RESULTS_FILE
@@ -398,12 +398,8 @@ def plot_curves(tables: Sequence[Table], path: Path, metric: str = CURVE_METRIC)
 
 
 def _save_atomically(figure: Figure, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as partial:
         figure.savefig(partial, dpi=100, format=path.suffix[1:])
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def write_outputs(tables: Sequence[Table], output_dir: Path) -> List[Path]:

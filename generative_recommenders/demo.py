@@ -16,10 +16,8 @@ import argparse
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import gin
-
-from generative_recommenders.compare import build_tables, format_text, load_runs, write_outputs
-from generative_recommenders.trainer.train import train_fn
+from generative_recommenders import compare
+from generative_recommenders.trainer.train import train_config_file
 
 CONFIGS = (
     "configs/ml-100k/sasrec-sampled-softmax-n128-final.gin",
@@ -35,19 +33,15 @@ def run(
     run_dirs = []
     for config in CONFIGS:
         for seed in seeds:
-            gin.clear_config()
-            gin.parse_config_files_and_bindings(
-                [config],
-                [
-                    f"train_fn.num_epochs = {epochs}",
-                    f"train_fn.full_eval_every_n = {full_eval_every_n}",
-                    f"train_fn.random_seed = {seed}",
-                    f'train_fn.run_name = "demo-{Path(config).stem}"',
-                    f'train_fn.data_root = "{data_root}"',
-                    f'train_fn.output_root = "{output_root}"',
-                ],
-            )
-            run_dirs.append(Path(train_fn()["run_dir"]))
+            bindings = [
+                f"train_fn.num_epochs = {epochs}",
+                f"train_fn.full_eval_every_n = {full_eval_every_n}",
+                f"train_fn.random_seed = {seed}",
+                f'train_fn.run_name = "demo-{Path(config).stem}"',
+                f'train_fn.data_root = "{data_root}"',
+                f'train_fn.output_root = "{output_root}"',
+            ]
+            run_dirs.append(Path(train_config_file(config, bindings)["run_dir"]))
     return run_dirs
 
 
@@ -61,12 +55,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     run_dirs = run(args.epochs, args.full_eval_every_n, seeds, args.data_root, args.output_root)
-    tables = build_tables(load_runs(run_dirs))
-    output_dir = run_dirs[0].parent
-    written = write_outputs(tables, output_dir)
-    print(f"\nMovieLens-100K, {args.epochs} epochs (tables and figures in {output_dir}: "
-          f"{', '.join(p.name for p in written)}):\n")
-    print(format_text(tables))
+    print(f"\nMovieLens-100K, {args.epochs} epochs:\n")
+    compare.main([*map(str, run_dirs), "--output_dir", str(run_dirs[0].parent)])
 
 
 if __name__ == "__main__":

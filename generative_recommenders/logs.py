@@ -20,15 +20,28 @@ def get_logger(name: str = ROOT) -> logging.Logger:
     return logging.getLogger(name if name.startswith(ROOT) else f"{ROOT}.{name}")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time (a redirected or captured stdout too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it
+        del value
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Sends the project's messages to stdout as plain lines; idempotent."""
     logger = logging.getLogger(ROOT)
     logger.setLevel(level)
-    if not any(getattr(h, "_gr_handler", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._gr_handler = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        logger.addHandler(_StdoutHandler())
     logger.propagate = False
     if os.environ.get("GR_VERBOSE", "") in ("", "0"):
         for name in _QUIET_LIBRARIES:

@@ -99,7 +99,7 @@ def test_paper_text_config_builds_the_add_fusion():
     import torch
 
     from generative_recommenders.modeling.item_embeddings import ItemEmbeddingWithText
-    from generative_recommenders.trainer.train import build_model
+    from generative_recommenders.modeling.registry import ModelInputs, build_model
 
     config = Path(__file__).resolve().parents[1] / "configs/amzn14_office/hstu-sampled-softmax-n512-blair.gin"
     gin.clear_config()
@@ -107,7 +107,7 @@ def test_paper_text_config_builds_the_add_fusion():
         gin.parse_config_files_and_bindings([str(config)], [])
         assert gin.query_parameter("train_fn.embedding_module_type") == "local_and_text"
         text = torch.randn(11, 768)
-        model = build_model("HSTU", 10, 64, 61, 0.5, "l2_norm", 1e-6, text)
+        model = build_model("HSTU", ModelInputs(10, 64, 61, 0.5, text_embeddings=text))
     finally:
         gin.clear_config()
     emb = model.item_embedding

@@ -35,7 +35,7 @@ def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys
         gin.clear_config()
     out = capsys.readouterr().out
     table = out[out.index("== ml-100k"):].splitlines()
-    rows = [line for line in table if line and not line.startswith(("==", "(", " "))]
+    rows = [line for line in table if line and not line.startswith(("==", "(", " ", "wrote "))]
     assert [line.split("  ")[0] for line in rows] == ["model", "SASRec", "HSTU", "HSTU + minilm"]
 
     def best_test_metrics(config):

@@ -3,6 +3,7 @@
 The 2-process runs spawn fresh interpreters, so their workers live at module level.
 """
 
+import functools
 import json
 import math
 import socket
@@ -28,7 +29,8 @@ from generative_recommenders.trainer.distributed import (
     DistributedSetupError,
     ShardSampler,
 )
-from generative_recommenders.trainer.train import build_model
+from generative_recommenders.modeling.registry import ModelInputs, build_model
+from generative_recommenders.trainer.train import train_step, warmup_factor
 
 NUM_USERS, NUM_ITEMS, ITEMS_PER_USER = 61, 30, 10
 MAX_LEN = ITEMS_PER_USER
@@ -51,7 +53,7 @@ def no_spawn(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("no process should be spawned")
 
-    monkeypatch.setattr(distributed.mp, "spawn", refuse)
+    monkeypatch.setattr(distributed, "elastic_launch", refuse)
 
 
 def _write_dataset(root: Path) -> Path:
@@ -67,7 +69,14 @@ def _write_dataset(root: Path) -> Path:
 
 
 def _model() -> torch.nn.Module:
-    return build_model("HSTU", NUM_ITEMS, 16, MAX_LEN + 2, 0.0, "l2_norm", 1e-6)
+    return build_model("HSTU", ModelInputs(num_items=NUM_ITEMS, embedding_dim=16, num_positions=MAX_LEN + 2,
+                                           dropout_rate=0.0))
+
+
+def _wrap(model: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
+    loss = functools.partial(losses.training_loss, sampling_strategy="local", num_negatives=NUM_NEGATIVES,
+                             temperature=0.05)
+    return distributed.wrap_for_training(model, loss, context)
 
 
 def _negatives_of_positive(strategy, positive_ids, num_negatives, num_items, generator=None):
@@ -81,22 +90,23 @@ def _train_batch(data_dir: Path, start: int, size: int):
     return collate_sequences([view[i] for i in range(start, start + size)])
 
 
-def _train_steps(train_module, model, batch, device):
-    """This process's loss at each step."""
+def _train_steps(train_module, model, batch, context):
+    """The trainer's step, STEPS times: the loss of each (averaged over the ranks), and this
+    process's own loss of each (negatives are fixed and dropout is off: recomputing it draws nothing)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=0.0)
-    step_losses = []
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(0))
+    local = getattr(train_module, "module", train_module)  # past DDP: no gradient sync
+    means, own = [], []
     for _ in range(STEPS):
-        optimizer.zero_grad(set_to_none=True)
-        loss = train_module(batch, device, "local", NUM_NEGATIVES, 0.05, True)
-        loss.backward()
-        optimizer.step()
-        step_losses.append(loss)
-    return step_losses
+        with torch.no_grad():
+            own.append(local(batch, context.device).item())
+        means.append(train_step(train_module, batch, optimizer, scheduler, context))
+    return means, own
 
 
 def _evaluate_shard(context: DistributedContext, data_dir: Path, checkpoint: Path, out_dir: Path) -> None:
     model = _model().to(context.device)
-    distributed.load_model_state(model, torch.load(checkpoint, map_location=context.device))
+    model.load_state_dict(torch.load(checkpoint, map_location=context.device))
     view = SequenceView(load_sequence_dataset(data_dir), MAX_LEN, ignore_last_n=0)
     sampler = ShardSampler(len(view), context.rank, context.world_size, shuffle=True, seed=3)
     loader = torch.utils.data.DataLoader(view, batch_size=8, sampler=sampler, collate_fn=collate_sequences)
@@ -110,15 +120,16 @@ def _evaluate_shard(context: DistributedContext, data_dir: Path, checkpoint: Pat
 def _train_shard(context: DistributedContext, data_dir: Path, initial: Path, out_dir: Path) -> None:
     losses.sample_negatives = _negatives_of_positive
     model = _model().to(context.device)
-    distributed.load_model_state(model, torch.load(initial, map_location=context.device))
-    train_module = distributed.wrap_for_training(model, losses.training_loss, context)
+    model.load_state_dict(torch.load(initial, map_location=context.device))
+    train_module = _wrap(model, context)
     batch = _train_batch(data_dir, context.rank * HALF_BATCH, HALF_BATCH)
-    step_losses = _train_steps(train_module, model, batch, context.device)
-    distributed.save_on_main(distributed.model_state_dict(train_module), out_dir / "ddp_model.pt", context)
-    means = [distributed.mean_across_ranks(loss, context) for loss in step_losses]
-    per_rank = distributed.gather_objects((context.rank, [loss.item() for loss in step_losses]), context)
+    means, own_losses = _train_steps(train_module, model, batch, context)
+    if context.is_main:
+        atomic_torch_save(model.state_dict(), out_dir / "ddp_model.pt")
+    per_rank = distributed.gather_objects((context.rank, own_losses), context)
     if context.is_main:
         atomic_write_text(out_dir / "losses.json", json.dumps({"mean": means, "per_rank": per_rank}))
+    distributed.barrier(context)
 
 
 def _two_process_worker(context: DistributedContext, data_dir: Path, initial: Path, out_dir: Path) -> None:
@@ -165,9 +176,8 @@ def test_two_process_ddp_steps_match_one_process_on_the_doubled_batch(two_proces
     initial, model = _model(), _model()
     initial.load_state_dict(torch.load(two_process_run / "initial.pt"))
     model.load_state_dict(initial.state_dict())
-    train_module = distributed.wrap_for_training(model, losses.training_loss, ONE_PROCESS)
     doubled_batch = _train_batch(two_process_run / "toy", 0, 2 * HALF_BATCH)
-    single_losses = [loss.item() for loss in _train_steps(train_module, model, doubled_batch, "cpu")]
+    single_losses, _ = _train_steps(_wrap(model, ONE_PROCESS), model, doubled_batch, ONE_PROCESS)
 
     ddp_losses = json.loads((two_process_run / "losses.json").read_text())
     assert ddp_losses["mean"] == pytest.approx(single_losses, rel=1e-5)
@@ -180,22 +190,11 @@ def test_two_process_ddp_steps_match_one_process_on_the_doubled_batch(two_proces
     saved = torch.load(two_process_run / "ddp_model.pt")
     assert not any(key.startswith("module.") for key in saved)
     reloaded = _model()
-    distributed.load_model_state(reloaded, saved)  # written by 2 processes, read by 1
+    reloaded.load_state_dict(saved)  # written by 2 processes, read by 1
     for name, trained in model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], trained, rtol=1e-4, atol=1e-4)
     moved = max((model.state_dict()[n] - p).abs().max().item() for n, p in initial.state_dict().items())
     assert moved > 1e-2  # 3 Adam steps at lr 1e-2 move weights far beyond the tolerance
-
-
-def test_state_dicts_with_the_ddp_prefix_load_and_saved_ones_have_none():
-    source, target = _model(), _model()
-    prefixed = {f"module.{key}": value for key, value in source.state_dict().items()}
-    distributed.load_model_state(target, prefixed)
-    for key, value in source.state_dict().items():
-        assert torch.equal(target.state_dict()[key], value)
-    wrapped = distributed.wrap_for_training(target, losses.training_loss, ONE_PROCESS)
-    assert distributed.unwrap_model(wrapped) is target
-    assert list(distributed.model_state_dict(wrapped)) == list(source.state_dict())
 
 
 @pytest.mark.parametrize("num_examples", [0, 1, 5, 11])
@@ -336,10 +335,11 @@ def test_main_trains_in_two_processes_and_its_weights_evaluate_alike_in_one(tmp_
     gin.clear_config()
     gin.parse_config_file(str(config))
     try:
-        model = build_model("HSTU", NUM_CYCLE_ITEMS, 16, 21, 0.0, "l2_norm", 1e-6)
+        model = build_model("HSTU", ModelInputs(num_items=NUM_CYCLE_ITEMS, embedding_dim=16, num_positions=21,
+                                               dropout_rate=0.0))
     finally:
         gin.clear_config()
-    distributed.load_model_state(model, torch.load(run_dir / "last_model.pt", weights_only=True))
+    model.load_state_dict(torch.load(run_dir / "last_model.pt", weights_only=True))
     test_view = protocol_views(load_sequence_dataset(tmp_path / "data" / "cyclic"), 10, "validated").test
     single = evaluate_ranking(model, create_data_loader(test_view, 128), torch.device("cpu")).means()
     assert single == pytest.approx(results["last"], rel=1e-9, abs=1e-12)

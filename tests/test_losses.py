@@ -97,13 +97,14 @@ def _training_batch(lengths):
 @pytest.mark.parametrize("item_l2_norm", [True, False])
 def test_every_negative_scoring_gives_the_per_sample_loss_and_gradients(with_text, item_l2_norm):
     model = _recommender(with_text)
+    model.item_l2_norm = item_l2_norm
     # Length 1, the longest history that fits (target appended: MAX_LEN - 1) and lengths between.
     batch = _training_batch([1, MAX_LEN - 1, 4, 7])
     results = {}
     for scoring in NEGATIVE_SCORINGS:
         model.zero_grad()
         torch.manual_seed(11)  # the same negatives for every scoring
-        loss = training_loss(model, batch, torch.device("cpu"), "local", 16, 0.05, item_l2_norm, scoring)
+        loss = training_loss(model, batch, torch.device("cpu"), "local", 16, 0.05, scoring)
         loss.backward()
         results[scoring] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     reference_loss, reference_grads = results["per_sample"]

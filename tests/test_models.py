@@ -5,10 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from generative_recommenders.modeling.hstu import HSTUEncoder, RelativeAttentionBias, request_timestamps
-from generative_recommenders.ops.hstu_attention import dense_relative_bias, time_bucket
-from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding
+from generative_recommenders.modeling.sasrec import SASRecEncoder
 from generative_recommenders.modeling.sequential import SequentialRecommender
+from generative_recommenders.ops import jagged
+from generative_recommenders.ops.hstu_attention_padded import dense_relative_bias
+from generative_recommenders.ops.sequences import time_bucket
 
 NUM_ITEMS, DIM, MAX_LEN = 30, 16, 12
 
@@ -58,14 +60,18 @@ def test_relative_bias_matches_the_reference_pad_repeat_construction():
     torch.testing.assert_close(dense(zero_buckets[:, :4, :4]) - bias.time_weights[0].detach(), expected[:4, :4])
 
 
-def _model(kind: str) -> SequentialRecommender:
+def _model(kind: str, attention: str = "auto", jagged_backend: str = "auto", relative_bias: bool = True,
+           seed: int = 0) -> SequentialRecommender:
+    """A small model; the same ``seed`` gives the same weights whatever the backends."""
+    torch.manual_seed(seed)
+    backends = dict(attention_backend=attention, jagged_backend=jagged_backend)
     if kind == "hstu":
         encoder = HSTUEncoder(DIM, MAX_LEN, num_blocks=2, num_heads=2, dqk=4, dv=8,
                               linear_dropout_rate=0.0, attn_dropout_rate=0.0,
-                              enable_relative_attention_bias=True)
+                              enable_relative_attention_bias=relative_bias, **backends)
     else:
         encoder = SASRecEncoder(DIM, MAX_LEN, num_blocks=2, num_heads=2, ffn_hidden_dim=DIM,
-                                ffn_activation_fn="relu", ffn_dropout_rate=0.0)
+                                ffn_activation_fn="relu", ffn_dropout_rate=0.0, **backends)
     model = SequentialRecommender(ItemEmbedding(NUM_ITEMS, DIM), encoder, MAX_LEN, dropout_rate=0.0)
     return model.eval()
 
@@ -82,7 +88,7 @@ def _batch(lengths, width):
 
 @pytest.mark.parametrize("kind", ["hstu", "sasrec"])
 def test_outputs_are_unit_norm_and_zero_free(kind, jagged_backend):
-    model = _model(kind)
+    model = _model(kind, jagged_backend=jagged_backend)
     ids, lengths, ts = _batch([1, 5, 11], 11)
     out = model.encode(ids, lengths, ts)
     for b, n in enumerate(lengths.tolist()):
@@ -92,7 +98,7 @@ def test_outputs_are_unit_norm_and_zero_free(kind, jagged_backend):
 
 @pytest.mark.parametrize("kind", ["hstu", "sasrec"])
 def test_causality(kind, jagged_backend):
-    model = _model(kind)
+    model = _model(kind, jagged_backend=jagged_backend)
     ids, lengths, ts = _batch([9, 9], 10)
     out = model.encode(ids, lengths, ts)
     changed = ids.clone()
@@ -107,7 +113,7 @@ def test_causality(kind, jagged_backend):
 
 @pytest.mark.parametrize("kind", ["hstu", "sasrec"])
 def test_padding_invariance(kind, jagged_backend):
-    model = _model(kind)
+    model = _model(kind, jagged_backend=jagged_backend)
     ids, lengths, ts = _batch([1, 4, 7], 8)
     out = model.encode(ids, lengths, ts)
     wide_ids = F.pad(ids, [0, 4])
@@ -129,39 +135,27 @@ def test_query_embedding_is_the_last_history_position():
 
 
 def test_hstu_same_on_torch_and_fbgemm_backends():
-    from generative_recommenders.ops import jagged
-
     if not jagged.fbgemm_available():
         pytest.skip("fbgemm_gpu does not import")
-    model = _model("hstu").train()
     ids, lengths, ts = _batch([2, 9, 5], 10)
     grads = {}
-    for backend in jagged.BACKENDS:
-        jagged.set_backend(backend)
-        model.zero_grad()
+    for backend in ("torch", "fbgemm"):
+        model = _model("hstu", jagged_backend=backend).train()
         out = model.encode(ids, lengths, ts)
         out.square().sum().backward()
         grads[backend] = (out.detach(), model.encoder.blocks[0].uvqk.grad.clone())
-    jagged.set_backend(None)
     torch.testing.assert_close(grads["torch"], grads["fbgemm"])
 
 
 def test_too_long_batch_is_a_clear_error():
     model = _model("hstu")
     ids, lengths, ts = _batch([3], MAX_LEN + 1)
-    with pytest.raises(ValueError, match="max_sequence_len"):
+    with pytest.raises(ValueError, match="num_positions"):
         model.encode(ids, lengths, ts)
 
 
-def _encode_with_grads(model, backend, ids, lengths, ts):
-    from generative_recommenders.ops import hstu_attention
-
-    model.zero_grad()
-    hstu_attention.set_backend(backend)
-    try:
-        out = model.encode(ids, lengths, ts)
-    finally:
-        hstu_attention.set_backend(None)
+def _encode_with_grads(model, ids, lengths, ts):
+    out = model.encode(ids, lengths, ts)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
     (out * weights).sum().backward()
     return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -169,18 +163,19 @@ def _encode_with_grads(model, backend, ids, lengths, ts):
 
 @pytest.mark.parametrize("relative_bias", [True, False])
 def test_hstu_optimized_attention_gives_the_padded_reference_outputs_and_gradients(relative_bias, jagged_backend):
-    encoder = HSTUEncoder(DIM, MAX_LEN, num_blocks=2, num_heads=2, dqk=4, dv=8,
-                          enable_relative_attention_bias=relative_bias)
-    model = SequentialRecommender(ItemEmbedding(NUM_ITEMS, DIM), encoder, MAX_LEN, dropout_rate=0.0)
+    def model(attention):
+        return _model("hstu", attention, jagged_backend, relative_bias).train()
+
     # Length 1, full length (the whole configured N) and lengths between.
     ids, lengths, ts = _batch([1, MAX_LEN, 5, 2, 9], MAX_LEN)
-    reference_out, reference_grads = _encode_with_grads(model, "padded", ids, lengths, ts)
-    out, grads = _encode_with_grads(model, "torch", ids, lengths, ts)
+    reference_out, reference_grads = _encode_with_grads(model("padded"), ids, lengths, ts)
+    out, grads = _encode_with_grads(model("torch"), ids, lengths, ts)
     valid = torch.arange(MAX_LEN).unsqueeze(0) < lengths.unsqueeze(1)
     torch.testing.assert_close(out[valid], reference_out[valid])
-    assert reference_grads.keys() == grads.keys() and len(grads) == len(list(model.parameters()))
+    assert reference_grads.keys() == grads.keys()
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert len(grads) == len(list(model("torch").parameters()))
 
 
 def _sasrec_with_multihead_attention(encoder, x, lengths):
@@ -205,10 +200,10 @@ def test_jagged_sasrec_equals_multihead_attention_on_padded_inputs():
 
 
 def test_sasrec_grouped_attention_gives_the_padded_reference_outputs_and_gradients(jagged_backend):
-    model = _model("sasrec")
+    model = _model("sasrec", "auto", jagged_backend)
     ids, lengths, ts = _batch([1, MAX_LEN, 5, 2, 9], MAX_LEN)
-    reference_out, reference_grads = _encode_with_grads(model, "padded", ids, lengths, ts)
-    out, grads = _encode_with_grads(model, None, ids, lengths, ts)
+    reference_out, reference_grads = _encode_with_grads(_model("sasrec", "padded", jagged_backend), ids, lengths, ts)
+    out, grads = _encode_with_grads(model, ids, lengths, ts)
     torch.testing.assert_close(out, reference_out)
     assert reference_grads.keys() == grads.keys() and len(grads) == len(list(model.parameters()))
     for name, grad in grads.items():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from generative_recommenders.ops import hstu_attention, jagged
+from generative_recommenders.ops.sequences import NUM_TIME_BUCKETS, JaggedSequences
 
 
 def _random_jagged(lengths, dim=3):
@@ -17,22 +18,23 @@ def _random_jagged(lengths, dim=3):
 
 
 def test_complete_cumsum(jagged_backend):
-    assert jagged.complete_cumsum(torch.tensor([2, 0, 3])).tolist() == [0, 2, 2, 5]
+    assert jagged.complete_cumsum(torch.tensor([2, 0, 3]), backend=jagged_backend).tolist() == [0, 2, 2, 5]
 
 
 def test_jagged_to_padded_dense_by_hand(jagged_backend):
     values = torch.arange(1.0, 6.0).view(5, 1)  # rows: [1, 2], [], [3, 4, 5]
     offsets = torch.tensor([0, 2, 2, 5])
-    padded = jagged.jagged_to_padded_dense(values, offsets, 3, padding_value=-1.0)
+    padded = jagged.jagged_to_padded_dense(values, offsets, 3, padding_value=-1.0, backend=jagged_backend)
     assert padded.squeeze(-1).tolist() == [[1, 2, -1], [-1, -1, -1], [3, 4, 5]]
     # Longer rows are cut at max_length.
-    assert jagged.jagged_to_padded_dense(values, offsets, 2).squeeze(-1).tolist() == [[1, 2], [0, 0], [3, 4]]
+    cut = jagged.jagged_to_padded_dense(values, offsets, 2, backend=jagged_backend)
+    assert cut.squeeze(-1).tolist() == [[1, 2], [0, 0], [3, 4]]
 
 
 def test_dense_to_jagged_by_hand(jagged_backend):
     dense = torch.arange(12.0).view(3, 4, 1)
     offsets = torch.tensor([0, 1, 1, 4])
-    assert jagged.dense_to_jagged(dense, offsets).squeeze(-1).tolist() == [0, 8, 9, 10]
+    assert jagged.dense_to_jagged(dense, offsets, backend=jagged_backend).squeeze(-1).tolist() == [0, 8, 9, 10]
 
 
 @pytest.mark.parametrize("lengths", [[1], [4, 1, 7, 7], [3, 0, 2]])
@@ -40,29 +42,28 @@ def test_backends_agree_with_gradients(lengths):
     if not jagged.fbgemm_available():
         pytest.skip("fbgemm_gpu does not import")
     results = {}
-    for backend in jagged.BACKENDS:
-        jagged.set_backend(backend)
+    for backend in ("torch", "fbgemm"):
         torch.manual_seed(1)
         lengths_t, values = _random_jagged(lengths)
-        offsets = jagged.complete_cumsum(lengths_t)
-        padded = jagged.jagged_to_padded_dense(values, offsets, max(lengths) + 2)
+        offsets = jagged.complete_cumsum(lengths_t, backend=backend)
+        padded = jagged.jagged_to_padded_dense(values, offsets, max(lengths) + 2, backend=backend)
         weights = torch.randn_like(padded)
-        back = jagged.dense_to_jagged(padded * weights, offsets)
+        back = jagged.dense_to_jagged(padded * weights, offsets, backend=backend)
         (back.square().sum()).backward()
         results[backend] = (offsets, padded.detach(), back.detach(), values.grad)
-    jagged.set_backend(None)
     for a, b in zip(results["torch"], results["fbgemm"]):
         torch.testing.assert_close(a, b)
 
 
 def test_unknown_backend_is_rejected():
-    with pytest.raises(ValueError):
-        jagged.set_backend("cuda-magic")
+    with pytest.raises(ValueError, match="unknown jagged backend 'cuda-magic'"):
+        jagged.complete_cumsum(torch.tensor([1]), backend="cuda-magic")
+    assert jagged.resolve_backend("auto") == ("fbgemm" if jagged.fbgemm_available() else "torch")
 
 
 # --- HSTU attention -------------------------------------------------------------------------
 
-N = 16  # max_seq_len of the attention tests
+N = 16  # num_positions of the attention tests
 LENGTH_SETS = [[1], [N], [1, 5, N, 9, 3, 1, 16, 2]]
 
 
@@ -80,12 +81,12 @@ def _attention_inputs(lengths, num_heads=2, dqk=8, dv=4, with_bias=True, seed=0)
         seq = torch.cumsum(torch.randint(0, 300_000, (n + 1,), generator=generator), 0)
         times.append(seq[:n])
         requests.append(seq[1:])
-    sequences = hstu_attention.JaggedSequences(
+    sequences = JaggedSequences(
         jagged.complete_cumsum(lengths), int(lengths.max()), torch.cat(times), torch.cat(requests)
     )
     weights = (
         (torch.randn(2 * N - 1, generator=generator) * 0.3).requires_grad_(),
-        (torch.randn(hstu_attention.NUM_TIME_BUCKETS + 1, generator=generator) * 0.3).requires_grad_(),
+        (torch.randn(NUM_TIME_BUCKETS + 1, generator=generator) * 0.3).requires_grad_(),
     ) if with_bias else (None, None)
     return (q, k, v), sequences, weights
 
@@ -97,12 +98,10 @@ def _attention_and_grads(backend, inputs, attend=None):
     for leaf in leaves:
         leaf.grad = None
     sequences.cache.clear()
-    hstu_attention.set_backend(backend)
-    try:
-        attend = attend or hstu_attention.hstu_attention
+    if attend is None:
+        out = hstu_attention.hstu_attention(q, k, v, sequences, N, *weights, backend=backend)
+    else:
         out = attend(q, k, v, sequences, N, *weights)
-    finally:
-        hstu_attention.set_backend(None)
     cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     (out.float() * cotangent).sum().backward()
     return [out.detach().float()] + [leaf.grad.clone() for leaf in leaves]
@@ -115,7 +114,7 @@ def _by_hand(q, k, v, times, requests, position_weights, time_weights):
     for i in range(n):
         for j in range(i + 1):
             gap = max(abs(int(requests[i]) - int(times[j])), 1)
-            bucket = min(max(int(math.log(gap) / 0.301), 0), hstu_attention.NUM_TIME_BUCKETS)
+            bucket = min(max(int(math.log(gap) / 0.301), 0), NUM_TIME_BUCKETS)
             for h in range(q.size(1)):
                 score = float(q[i, h] @ k[j, h]) + float(position_weights[N - 1 + j - i]) + float(time_weights[bucket])
                 out[i, h] += score / (1 + math.exp(-score)) / N * v[j, h].double()
@@ -125,11 +124,7 @@ def _by_hand(q, k, v, times, requests, position_weights, time_weights):
 @pytest.mark.parametrize("backend", ["padded", "torch"])
 def test_attention_matches_the_formula_by_hand(backend):
     (q, k, v), sequences, (pw, tw) = _attention_inputs([3, 1, 4])
-    hstu_attention.set_backend(backend)
-    try:
-        out = hstu_attention.hstu_attention(q, k, v, sequences, N, pw, tw)
-    finally:
-        hstu_attention.set_backend(None)
+    out = hstu_attention.hstu_attention(q, k, v, sequences, N, pw, tw, backend=backend)
     for b in range(3):
         rows = slice(int(sequences.offsets[b]), int(sequences.offsets[b + 1]))
         expected = _by_hand(
@@ -167,7 +162,7 @@ def test_a_sequence_attends_alike_whatever_its_batch():
     (q, k, v), sequences, (pw, tw) = _attention_inputs([16, 3, 9])
     together = hstu_attention.hstu_attention(q, k, v, sequences, N, pw, tw)
     rows = slice(16, 19)
-    alone = hstu_attention.JaggedSequences(
+    alone = JaggedSequences(
         torch.tensor([0, 3]), 3, sequences.timestamps[rows], sequences.request_timestamps[rows]
     )
     torch.testing.assert_close(
@@ -181,37 +176,34 @@ def test_attention_rejects_bad_arguments():
         hstu_attention.hstu_attention(q, k, v, sequences, N, pw, None)
     with pytest.raises(ValueError, match="position_weights has"):
         hstu_attention.hstu_attention(q, k, v, sequences, N + 1, pw, tw)
-    with pytest.raises(ValueError, match="exceeds max_sequence_len"):
+    with pytest.raises(ValueError, match="exceeds num_positions"):
         hstu_attention.hstu_attention(q, k, v, sequences, 2, None, None)
-    no_times = hstu_attention.JaggedSequences(sequences.offsets, 3)
+    no_times = JaggedSequences(sequences.offsets, 3)
     with pytest.raises(ValueError, match="timestamps"):
         hstu_attention.hstu_attention(q, k, v, no_times, N, pw, tw)
     with pytest.raises(ValueError, match="unknown attention backend"):
-        hstu_attention.set_backend("flash")
+        hstu_attention.hstu_attention(q, k, v, sequences, N, pw, tw, backend="flash")
 
 
 def test_backend_choice(monkeypatch):
-    cpu = torch.device("cpu")
-    assert hstu_attention.active_backend(cpu, dropout=False) == "torch"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert hstu_attention.resolve_backend("auto", cpu, dropout=False) == "torch"
     monkeypatch.setattr(hstu_attention, "triton_available", lambda: True)
-    assert hstu_attention.active_backend(torch.device("cuda"), dropout=False) == "triton"
+    assert hstu_attention.resolve_backend("auto", cuda, dropout=False) == "triton"
     # Attention dropout has no kernel: the PyTorch path takes over.
-    assert hstu_attention.active_backend(torch.device("cuda"), dropout=True) == "torch"
+    assert hstu_attention.resolve_backend("auto", cuda, dropout=True) == "torch"
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    hstu_attention.set_backend("triton")
-    try:
-        with pytest.raises(RuntimeError, match="runs on CUDA"):
-            hstu_attention.active_backend(cpu, dropout=False)
-        with pytest.raises(ValueError, match="no attention dropout"):
-            hstu_attention.active_backend(torch.device("cuda"), dropout=True)
-    finally:
-        hstu_attention.set_backend(None)
+    with pytest.raises(RuntimeError, match="runs on CUDA"):
+        hstu_attention.resolve_backend("triton", cpu, dropout=False)
+    with pytest.raises(ValueError, match="no attention dropout"):
+        hstu_attention.resolve_backend("triton", cuda, dropout=True)
+    assert hstu_attention.resolve_backend("padded", cuda, dropout=True) == "padded"
 
 
 def _on(device, inputs):
     """The same attention inputs, as fresh leaves on ``device``."""
     (q, k, v), sequences, weights = inputs
-    moved = hstu_attention.JaggedSequences(
+    moved = JaggedSequences(
         sequences.offsets.to(device), sequences.max_length,
         sequences.timestamps.to(device), sequences.request_timestamps.to(device),
     )
@@ -225,7 +217,7 @@ def _triton_checks(device: str) -> None:
     Runs where the kernel runs: on CUDA, or on CPU under the interpreter
     (TRITON_INTERPRET=1 before triton is first imported, hence a process of its own).
     """
-    from generative_recommenders.ops.triton_hstu_attention import triton_hstu_attention
+    from generative_recommenders.ops.hstu_attention_triton import triton_hstu_attention
 
     fp32 = dict(rtol=1e-4, atol=1e-4) if device == "cuda" else dict(rtol=1e-5, atol=1e-5)
     # Lengths 1 and N, tiles cut mid-sequence, tiles of unequal height and width.
@@ -233,8 +225,8 @@ def _triton_checks(device: str) -> None:
         inputs = _attention_inputs([1, N, 7, 12], with_bias=with_bias)
         expected = _attention_and_grads("torch", inputs)
 
-        def kernel(q, k, v, sequences, max_seq_len, pw, tw):
-            return triton_hstu_attention(q, k, v, sequences, max_seq_len, pw, tw, block_m, block_n)
+        def kernel(q, k, v, sequences, num_positions, pw, tw):
+            return triton_hstu_attention(q, k, v, sequences, num_positions, pw, tw, block_m, block_n)
 
         got = _attention_and_grads("torch", _on(device, inputs), kernel)
         for want, value in zip(expected, got):
@@ -284,7 +276,7 @@ def test_triton_kernels_compile_for_an_h100(dtype):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from generative_recommenders.ops import triton_hstu_attention as kernels
+    from generative_recommenders.ops import hstu_attention_triton as kernels
 
     pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "DOut", "Result", "DK", "DV")}
     pointers.update({name: "*i64" for name in ("Offsets", "Times", "RequestTimes")})
@@ -303,7 +295,7 @@ def test_triton_kernels_compile_for_an_h100(dtype):
         names = list(kernel.arg_names)
         signature = {
             name: "constexpr" if name in constants
-            else pointers.get(name, "fp32" if name == "inv_max_seq_len" else "i32")
+            else pointers.get(name, "fp32" if name == "inv_num_positions" else "i32")
             for name in names
         }
         source = ASTSource(

@@ -63,7 +63,7 @@ def test_training_never_sees_the_held_out_items(tmp_path, monkeypatch, protocol,
     _configure(tmp_path, f'train_fn.eval_protocol = "{protocol}"', "train_fn.num_epochs = 1")
     seen = {}
 
-    def recording_loss(model, batch, *args):
+    def recording_loss(model, batch, *args, **kwargs):
         for user, history, length, target in zip(
             batch["user_index"].tolist(), batch["history_ids"], batch["history_lengths"], batch["target_ids"]
         ):

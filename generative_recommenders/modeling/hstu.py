@@ -1,8 +1,9 @@
 """HSTU (Hierarchical Sequential Transduction Unit), Zhai et al., ICML 2024.
 
 Layers run on jagged tensors (no work on padding); the attention is
-``ops.hstu_attention`` (its backend picks how it pads, or whether it does).
-``max_sequence_len`` (``N``) is fixed by the config: the SiLU attention is
+``ops.hstu_attention`` (its backend, which the encoder carries from its
+config, picks how it pads, or whether it does).
+``num_positions`` (``N``) is fixed by the config: the SiLU attention is
 divided by ``N`` and the position bias is indexed relative to ``N``, so outputs
 do not depend on how much a batch is padded.
 """
@@ -13,11 +14,14 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from generative_recommenders.ops import jagged
-from generative_recommenders.ops.hstu_attention import (
+from generative_recommenders.modeling.registry import ModelInputs, register_model
+from generative_recommenders.modeling.sequential import SequentialRecommender, sequential_recommender
+from generative_recommenders.ops import hstu_attention, jagged
+from generative_recommenders.ops.sequences import (
+    DEFAULT_ATTENTION_BACKEND,
     NUM_TIME_BUCKETS,
     JaggedSequences,
-    hstu_attention,
+    check_attention_backend,
 )
 
 
@@ -33,11 +37,11 @@ def request_timestamps(timestamps: torch.Tensor) -> torch.Tensor:
 class RelativeAttentionBias(torch.nn.Module):
     """The weights of the bias ``w_pos[N - 1 + j - i] + w_ts[bucket(|t_{i+1} - t_j|)]``."""
 
-    def __init__(self, max_sequence_len: int, num_buckets: int = NUM_TIME_BUCKETS) -> None:
+    def __init__(self, num_positions: int, num_buckets: int = NUM_TIME_BUCKETS) -> None:
         super().__init__()
-        self.max_sequence_len = max_sequence_len
+        self.num_positions = num_positions
         self.position_weights = torch.nn.Parameter(
-            torch.empty(2 * max_sequence_len - 1).normal_(mean=0.0, std=0.02)
+            torch.empty(2 * num_positions - 1).normal_(mean=0.0, std=0.02)
         )
         self.time_weights = torch.nn.Parameter(
             torch.empty(num_buckets + 1).normal_(mean=0.0, std=0.02)
@@ -55,8 +59,9 @@ class HSTUBlock(torch.nn.Module):
         linear_dim: int,
         dropout_rate: float,
         attn_dropout_rate: float,
-        max_sequence_len: int,
+        num_positions: int,
         enable_relative_attention_bias: bool,
+        attention_backend: str,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
@@ -66,7 +71,8 @@ class HSTUBlock(torch.nn.Module):
         self.linear_dim = linear_dim
         self.dropout_rate = dropout_rate
         self.attn_dropout_rate = attn_dropout_rate
-        self.max_sequence_len = max_sequence_len
+        self.num_positions = num_positions
+        self.attention_backend = attention_backend
         self.eps = eps
         self.uvqk = torch.nn.Parameter(
             torch.empty(embedding_dim, 2 * num_heads * (linear_dim + attention_dim)).normal_(
@@ -76,7 +82,7 @@ class HSTUBlock(torch.nn.Module):
         self.output = torch.nn.Linear(linear_dim * num_heads, embedding_dim)
         torch.nn.init.xavier_uniform_(self.output.weight)
         self.relative_attention_bias = (
-            RelativeAttentionBias(max_sequence_len) if enable_relative_attention_bias else None
+            RelativeAttentionBias(num_positions) if enable_relative_attention_bias else None
         )
 
     def forward(self, x: torch.Tensor, sequences: JaggedSequences) -> torch.Tensor:
@@ -86,16 +92,17 @@ class HSTUBlock(torch.nn.Module):
             F.silu(normed @ self.uvqk), [h * dv, h * dv, h * dqk, h * dqk], dim=1
         )
         bias = self.relative_attention_bias
-        attended = hstu_attention(
+        attended = hstu_attention.hstu_attention(
             q.view(-1, h, dqk),
             k.view(-1, h, dqk),
             v.view(-1, h, dv),
             sequences,
-            self.max_sequence_len,
+            self.num_positions,
             position_weights=None if bias is None else bias.position_weights,
             time_weights=None if bias is None else bias.time_weights,
             dropout_rate=self.attn_dropout_rate,
             training=self.training,
+            backend=self.attention_backend,
         ).reshape(-1, h * dv)
         gated = u * F.layer_norm(attended, [h * dv], eps=self.eps)
         return self.output(F.dropout(gated, p=self.dropout_rate, training=self.training)) + x
@@ -105,13 +112,15 @@ class HSTUBlock(torch.nn.Module):
 class HSTUEncoder(torch.nn.Module):
     """A stack of HSTU blocks: padded ``[B, L, D]`` in and out.
 
-    Configured as ``hstu_encoder.*`` with the reference configs' names.
+    Configured as ``hstu_encoder.*`` with the reference configs' names;
+    ``attention_backend`` and ``jagged_backend`` choose the ops' backends
+    (``ops.hstu_attention``, ``ops.jagged``).
     """
 
     def __init__(
         self,
         embedding_dim: int,
-        max_sequence_len: int,
+        num_positions: int,
         num_blocks: int = 2,
         num_heads: int = 1,
         dqk: int = 64,
@@ -119,10 +128,13 @@ class HSTUEncoder(torch.nn.Module):
         linear_dropout_rate: float = 0.0,
         attn_dropout_rate: float = 0.0,
         enable_relative_attention_bias: bool = True,
+        attention_backend: str = DEFAULT_ATTENTION_BACKEND,
+        jagged_backend: str = jagged.DEFAULT_BACKEND,
     ) -> None:
         super().__init__()
-        self.max_sequence_len = max_sequence_len
+        self.num_positions = num_positions
         self.enable_relative_attention_bias = enable_relative_attention_bias
+        self.jagged_backend = jagged.check_backend(jagged_backend)
         self.blocks = torch.nn.ModuleList(
             HSTUBlock(
                 embedding_dim=embedding_dim,
@@ -131,8 +143,9 @@ class HSTUEncoder(torch.nn.Module):
                 linear_dim=dv,
                 dropout_rate=linear_dropout_rate,
                 attn_dropout_rate=attn_dropout_rate,
-                max_sequence_len=max_sequence_len,
+                num_positions=num_positions,
                 enable_relative_attention_bias=enable_relative_attention_bias,
+                attention_backend=check_attention_backend(attention_backend),
             )
             for _ in range(num_blocks)
         )
@@ -144,15 +157,28 @@ class HSTUEncoder(torch.nn.Module):
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
-        padded_length = x.size(1)
-        offsets = jagged.complete_cumsum(lengths)
-        sequences = JaggedSequences(offsets, padded_length)
+        padded_length, backend = x.size(1), self.jagged_backend
+        offsets = jagged.complete_cumsum(lengths, backend=backend)
+        sequences = JaggedSequences(offsets, padded_length, jagged_backend=backend)
+
+        def to_jagged(dense: torch.Tensor) -> torch.Tensor:
+            return jagged.dense_to_jagged(dense.unsqueeze(-1), offsets, backend=backend).squeeze(-1)
+
         if self.enable_relative_attention_bias:
-            sequences.timestamps = jagged.dense_to_jagged(timestamps.unsqueeze(-1), offsets).squeeze(-1)
-            sequences.request_timestamps = jagged.dense_to_jagged(
-                request_timestamps(timestamps).unsqueeze(-1), offsets
-            ).squeeze(-1)
-        values = jagged.dense_to_jagged(x, offsets)
+            sequences.timestamps = to_jagged(timestamps)
+            sequences.request_timestamps = to_jagged(request_timestamps(timestamps))
+        values = jagged.dense_to_jagged(x, offsets, backend=backend)
         for block in self.blocks:
             values = block(values, sequences)
-        return jagged.jagged_to_padded_dense(values, offsets, padded_length)
+        return jagged.jagged_to_padded_dense(values, offsets, padded_length, backend=backend)
+
+
+@register_model("HSTU")
+def build_hstu(inputs: ModelInputs) -> SequentialRecommender:
+    encoder = HSTUEncoder(
+        embedding_dim=inputs.embedding_dim,
+        num_positions=inputs.num_positions,
+        attention_backend=inputs.attention_backend,
+        jagged_backend=inputs.jagged_backend,
+    )
+    return sequential_recommender(encoder, inputs)

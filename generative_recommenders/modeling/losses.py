@@ -127,7 +127,6 @@ def training_loss(
     sampling_strategy: str,
     num_negatives: int,
     temperature: float,
-    item_l2_norm: bool,
     negative_scoring: str = "auto",
 ) -> torch.Tensor:
     """Next-item sampled softmax at every history position (target appended).
@@ -160,17 +159,13 @@ def training_loss(
     positive_ids = ids[:, 1:][valid]
     positive_embeddings = embeddings[:, 1:][valid]
     negative_ids = sample_negatives(sampling_strategy, positive_ids, num_negatives, model.num_items)
-
-    def normalized(x: torch.Tensor) -> torch.Tensor:
-        return model.normalize_items(x) if item_l2_norm else x
-
-    positive_embeddings = normalized(positive_embeddings)
+    positive_embeddings = model.normalize_items(positive_embeddings)
     if item_table is None:
-        negative_embeddings = normalized(model.item_embeddings(negative_ids))
+        negative_embeddings = model.normalize_items(model.item_embeddings(negative_ids))
         return sampled_softmax_loss(
             queries, positive_ids, positive_embeddings, negative_ids, negative_embeddings, temperature
         )
-    item_table = normalized(item_table)
+    item_table = model.normalize_items(item_table)
     if scoring == "gathered":
         return sampled_softmax_loss(
             queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature

@@ -10,9 +10,10 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from generative_recommenders.ops import hstu_attention, jagged
-from generative_recommenders.ops.hstu_attention import JaggedSequences
-from generative_recommenders.ops.softmax_attention import causal_softmax_attention
+from generative_recommenders.modeling.registry import ModelInputs, register_model
+from generative_recommenders.modeling.sequential import SequentialRecommender, sequential_recommender
+from generative_recommenders.ops import jagged, softmax_attention
+from generative_recommenders.ops.sequences import DEFAULT_ATTENTION_BACKEND, JaggedSequences, check_attention_backend
 
 _ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU}
 
@@ -25,6 +26,7 @@ class SASRecBlock(torch.nn.Module):
         ffn_hidden_dim: int,
         ffn_activation_fn: str,
         ffn_dropout_rate: float,
+        attention_backend: str,
     ) -> None:
         super().__init__()
         if ffn_activation_fn not in _ACTIVATIONS:
@@ -33,6 +35,7 @@ class SASRecBlock(torch.nn.Module):
                 f"got {ffn_activation_fn!r}"
             )
         self.embedding_dim = embedding_dim
+        self.attention_backend = attention_backend
         self.attention = torch.nn.MultiheadAttention(
             embed_dim=embedding_dim,
             num_heads=num_heads,
@@ -47,30 +50,31 @@ class SASRecBlock(torch.nn.Module):
             torch.nn.Dropout(ffn_dropout_rate),
         )
 
-    def forward(self, x: torch.Tensor, sequences: JaggedSequences, max_seq_len: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sequences: JaggedSequences, num_positions: int) -> torch.Tensor:
         """``x [T, D]`` jagged by ``sequences``."""
         queries = F.layer_norm(x, [self.embedding_dim], eps=1e-8)
-        attended = self._attention(queries, x, sequences, max_seq_len)
+        attended = self._attention(queries, x, sequences, num_positions)
         # As in the reference, the FFN's residual is its own (normed) input.
         hidden = F.layer_norm(queries + attended, [self.embedding_dim], eps=1e-8)
         return self.ffn(hidden) + hidden
 
     def _attention(
-        self, queries: torch.Tensor, x: torch.Tensor, sequences: JaggedSequences, max_seq_len: int
+        self, queries: torch.Tensor, x: torch.Tensor, sequences: JaggedSequences, num_positions: int
     ) -> torch.Tensor:
         """``self.attention``'s computation (query ``queries``, key and value ``x``), causal, jagged."""
         mha = self.attention
         heads, head_dim = mha.num_heads, self.embedding_dim // mha.num_heads
         w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
         b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
-        attended = causal_softmax_attention(
+        attended = softmax_attention.causal_softmax_attention(
             F.linear(queries, w_q, b_q).view(-1, heads, head_dim),
             F.linear(x, w_k, b_k).view(-1, heads, head_dim),
             F.linear(x, w_v, b_v).view(-1, heads, head_dim),
             sequences,
-            max_seq_len,
+            num_positions,
             dropout_rate=mha.dropout,
             training=self.training,
+            backend=self.attention_backend,
         )
         return mha.out_proj(attended.reshape(-1, self.embedding_dim))
 
@@ -79,23 +83,31 @@ class SASRecBlock(torch.nn.Module):
 class SASRecEncoder(torch.nn.Module):
     """Causal Transformer blocks on padded ``[B, L, D]`` inputs.
 
-    Configured as ``sasrec_encoder.*`` with the reference configs' names.
+    Configured as ``sasrec_encoder.*`` with the reference configs' names;
+    ``attention_backend`` (``padded`` for the reference's computation) and
+    ``jagged_backend`` choose the ops' backends.
     """
 
     def __init__(
         self,
         embedding_dim: int,
-        max_sequence_len: int,
+        num_positions: int,
         num_blocks: int = 2,
         num_heads: int = 1,
         ffn_hidden_dim: int = 64,
         ffn_activation_fn: str = "relu",
         ffn_dropout_rate: float = 0.2,
+        attention_backend: str = DEFAULT_ATTENTION_BACKEND,
+        jagged_backend: str = jagged.DEFAULT_BACKEND,
     ) -> None:
         super().__init__()
-        self.max_sequence_len = max_sequence_len
+        self.num_positions = num_positions
+        self.attention_backend = check_attention_backend(attention_backend)
+        self.jagged_backend = jagged.check_backend(jagged_backend)
         self.blocks = torch.nn.ModuleList(
-            SASRecBlock(embedding_dim, num_heads, ffn_hidden_dim, ffn_activation_fn, ffn_dropout_rate)
+            SASRecBlock(
+                embedding_dim, num_heads, ffn_hidden_dim, ffn_activation_fn, ffn_dropout_rate, self.attention_backend
+            )
             for _ in range(num_blocks)
         )
         for name, param in self.named_parameters():
@@ -110,16 +122,27 @@ class SASRecEncoder(torch.nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:
         del timestamps  # SASRec uses positions only
-        padded_length = x.size(1)
+        padded_length, backend = x.size(1), self.jagged_backend
         rows = lengths
-        if hstu_attention.padded_reference_forced():
+        if self.attention_backend == "padded":
             # The reference computes every padded position too: all of them count as rows.
             rows = torch.full_like(lengths, padded_length)
-        offsets = jagged.complete_cumsum(rows)
-        sequences = JaggedSequences(offsets, padded_length)
-        values = jagged.dense_to_jagged(x, offsets)
+        offsets = jagged.complete_cumsum(rows, backend=backend)
+        sequences = JaggedSequences(offsets, padded_length, jagged_backend=backend)
+        values = jagged.dense_to_jagged(x, offsets, backend=backend)
         for block in self.blocks:
-            values = block(values, sequences, self.max_sequence_len)
-        out = jagged.jagged_to_padded_dense(values, offsets, padded_length)
+            values = block(values, sequences, self.num_positions)
+        out = jagged.jagged_to_padded_dense(values, offsets, padded_length, backend=backend)
         valid = torch.arange(padded_length, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)
         return out * valid.unsqueeze(-1).to(out.dtype)
+
+
+@register_model("SASRec")
+def build_sasrec(inputs: ModelInputs) -> SequentialRecommender:
+    encoder = SASRecEncoder(
+        embedding_dim=inputs.embedding_dim,
+        num_positions=inputs.num_positions,
+        attention_backend=inputs.attention_backend,
+        jagged_backend=inputs.jagged_backend,
+    )
+    return sequential_recommender(encoder, inputs)

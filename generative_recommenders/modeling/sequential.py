@@ -12,6 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
+from generative_recommenders.modeling.registry import ModelInputs
+
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
@@ -23,18 +26,19 @@ class SequentialRecommender(torch.nn.Module):
     ``item_embedding`` maps ids to ``[..., D]`` and has ``num_items``,
     ``embedding_dim`` and ``description``.
 
-    ``max_sequence_len`` is the number of learned positions; the encoder's own
-    ``max_sequence_len`` must be the same.
+    ``num_positions`` is the number of learned positions; the encoder's own
+    ``num_positions`` must be the same.
     """
 
     def __init__(
         self,
         item_embedding: torch.nn.Module,
         encoder: torch.nn.Module,
-        max_sequence_len: int,
+        num_positions: int,
         dropout_rate: float,
         user_embedding_norm: str = "l2_norm",
         l2_norm_eps: float = 1e-6,
+        item_l2_norm: bool = True,
     ) -> None:
         super().__init__()
         if user_embedding_norm not in ("l2_norm", "layer_norm"):
@@ -44,13 +48,14 @@ class SequentialRecommender(torch.nn.Module):
         self.item_embedding = item_embedding
         self.encoder = encoder
         self.embedding_dim = item_embedding.embedding_dim
-        self.max_sequence_len = max_sequence_len
-        self.position_embedding = torch.nn.Embedding(max_sequence_len, self.embedding_dim)
+        self.num_positions = num_positions
+        self.position_embedding = torch.nn.Embedding(num_positions, self.embedding_dim)
         std = math.sqrt(1.0 / self.embedding_dim)
         torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
         self.input_dropout = torch.nn.Dropout(dropout_rate)
         self.user_embedding_norm = user_embedding_norm
         self.l2_norm_eps = l2_norm_eps
+        self.item_l2_norm = item_l2_norm
 
     @property
     def num_items(self) -> int:
@@ -65,7 +70,8 @@ class SequentialRecommender(torch.nn.Module):
         return self.item_embeddings(ids)
 
     def normalize_items(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(embeddings, self.l2_norm_eps)
+        """Item embeddings as they are scored, in training and evaluation alike (``item_l2_norm``)."""
+        return l2_normalize(embeddings, self.l2_norm_eps) if self.item_l2_norm else embeddings
 
     def encode(
         self,
@@ -82,9 +88,9 @@ class SequentialRecommender(torch.nn.Module):
         if input_embeddings is None:
             input_embeddings = self.item_embeddings(item_ids)
         length = item_ids.size(1)
-        if length > self.max_sequence_len:
+        if length > self.num_positions:
             raise ValueError(
-                f"batch padded to {length} exceeds max_sequence_len {self.max_sequence_len}"
+                f"batch padded to {length} exceeds num_positions {self.num_positions}"
             )
         positions = torch.arange(length, device=item_ids.device)
         x = input_embeddings * math.sqrt(self.embedding_dim) + self.position_embedding(positions)
@@ -93,7 +99,7 @@ class SequentialRecommender(torch.nn.Module):
         x = x * valid.to(x.dtype)
         out = self.encoder(x, lengths, timestamps)
         if self.user_embedding_norm == "l2_norm":
-            return l2_normalize(out, 1e-6)
+            return l2_normalize(out, self.l2_norm_eps)
         return F.layer_norm(out, [self.embedding_dim], eps=1e-6)
 
     def query_embeddings(
@@ -106,3 +112,21 @@ class SequentialRecommender(torch.nn.Module):
 
     def description(self) -> str:
         return f"{self.encoder.description}-{self.item_embedding.description}"
+
+
+def sequential_recommender(encoder: torch.nn.Module, inputs: ModelInputs) -> SequentialRecommender:
+    """``encoder`` with the item embeddings ``inputs`` ask for (fused with text when there is a table)."""
+    item_embedding = (
+        ItemEmbedding(inputs.num_items, inputs.embedding_dim)
+        if inputs.text_embeddings is None
+        else ItemEmbeddingWithText(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings)
+    )
+    return SequentialRecommender(
+        item_embedding=item_embedding,
+        encoder=encoder,
+        num_positions=inputs.num_positions,
+        dropout_rate=inputs.dropout_rate,
+        user_embedding_norm=inputs.user_embedding_norm,
+        l2_norm_eps=inputs.l2_norm_eps,
+        item_l2_norm=inputs.item_l2_norm,
+    )

@@ -1,9 +1,10 @@
-"""Causal softmax attention (SASRec's) on jagged tensors, with ``hstu_attention``'s PyTorch paths.
+"""Causal softmax attention (SASRec's) on jagged tensors.
 
-``hstu_attention.set_backend("padded")`` (or ``GR_ATTENTION_BACKEND=padded``)
-selects the reference's computation, every sequence padded to ``max_seq_len``;
-otherwise sequences are grouped by length, each group padded to its own
-longest (there is no Triton kernel for this attention).
+Backends: ``padded`` (the reference's computation, every sequence padded to
+``num_positions``) and ``torch`` (sequences grouped by length, each group padded
+to its own longest); ``auto`` is ``torch``. There is no Triton kernel for this
+attention: ``triton`` also means ``torch``, so that one model-wide attention
+setting serves HSTU and SASRec alike.
 """
 
 from __future__ import annotations
@@ -14,11 +15,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from generative_recommenders.ops import hstu_attention
-from generative_recommenders.ops.hstu_attention import JaggedSequences
+from generative_recommenders.ops.sequences import (
+    DEFAULT_ATTENTION_BACKEND,
+    JaggedSequences,
+    check_attention_backend,
+    grouped_attention,
+    grouped_plan,
+    padded_attention,
+)
 
 
-def _softmax_attention(
+def _softmax_attention_block(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], dropout_rate: float
 ) -> torch.Tensor:
     del bias  # SASRec has no attention bias
@@ -33,20 +40,22 @@ def causal_softmax_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     sequences: JaggedSequences,
-    max_seq_len: int,
+    num_positions: int,
     dropout_rate: float = 0.0,
     training: bool = False,
+    backend: str = DEFAULT_ATTENTION_BACKEND,
 ) -> torch.Tensor:
     """``softmax(q_i k_j / sqrt(d))`` over keys ``j <= i``, times ``v``: ``[T, H, dv]``.
 
     ``q, k [T, H, d]`` and ``v [T, H, dv]`` are jagged by ``sequences.offsets``;
     attention weights are dropped at ``dropout_rate`` while ``training``.
     """
-    if sequences.max_length > max_seq_len:
-        raise ValueError(f"sequence of length {sequences.max_length} exceeds max_sequence_len {max_seq_len}")
-    attend = functools.partial(_softmax_attention, dropout_rate=dropout_rate if training else 0.0)
-    if hstu_attention.padded_reference_forced():
-        return hstu_attention.padded_attention(q, k, v, sequences, max_seq_len, attend)
+    check_attention_backend(backend)
+    if sequences.max_length > num_positions:
+        raise ValueError(f"sequence of length {sequences.max_length} exceeds num_positions {num_positions}")
+    attend = functools.partial(_softmax_attention_block, dropout_rate=dropout_rate if training else 0.0)
+    if backend == "padded":
+        return padded_attention(q, k, v, sequences, num_positions, attend)
     if q.size(0) == 0:
         return v.new_zeros(v.shape)
-    return hstu_attention.grouped_attention(q, k, v, hstu_attention.grouped_plan(sequences, max_seq_len), attend)
+    return grouped_attention(q, k, v, grouped_plan(sequences, num_positions), attend)

@@ -22,7 +22,7 @@ from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = "generative_recommenders.trainer/1"
+CHECKPOINT_FORMAT = "generative_recommenders.trainer/2"  # 2: with the LR schedule's state
 
 
 class CheckpointError(UserError):

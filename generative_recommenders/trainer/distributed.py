@@ -2,9 +2,11 @@
 
 A run starts in one of two ways, and both end in :func:`init_from_environment`:
 
-* :func:`launch` spawns the processes on this machine (the reference's
-  ``main.py --master_port``): one per visible GPU, or ``nproc`` CPU processes;
-  a single process runs in place, with no process group;
+* :func:`launch` starts the processes on this machine (the reference's
+  ``main.py --master_port``) with torch's elastic launcher
+  (``torch.distributed.launcher``, what ``torchrun`` runs): one per visible
+  GPU, or ``nproc`` CPU processes; a single process runs in place, with no
+  process group;
 * torchrun starts them (on one or many machines) and sets ``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
   :func:`launch` then runs the worker in this process.
@@ -13,8 +15,8 @@ Training wraps the model with :func:`wrap_for_training` (DDP averages the
 gradients of the ranks' shares of a batch); evaluation gives each rank a
 disjoint share of the users (:class:`ShardSampler`) and adds the ranks' metric
 sums and counts (:func:`reduce_metrics`), so N processes report the metrics of
-one. Weights are saved without DDP's ``module.`` prefix and load in 1 or N
-processes.
+one. Weights are saved from the bare model (no DDP ``module.`` prefix) and load
+in 1 or N processes.
 """
 
 from __future__ import annotations
@@ -22,22 +24,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+import uuid
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 
-from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.metrics import MetricAccumulator
 
 BACKENDS = ("nccl", "gloo")
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-SPAWN_MASTER_ADDR = "localhost"  # spawned processes all run on this machine
 
 
 class DistributedSetupError(UserError):
@@ -141,11 +141,6 @@ def init_from_environment(backend: Optional[str] = None) -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, device, backend)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def free_port() -> int:
     """A TCP port nothing listens on now (the OS's pick)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -174,29 +169,22 @@ def _run_in_group(worker: Callable[..., None], args: Tuple[Any, ...], backend: O
     try:
         worker(context, *args)
     finally:
-        teardown()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def _spawned_process(
-    local_rank: int,
-    world_size: int,
-    backend: str,
-    master_port: int,
-    worker: Callable[..., None],
-    args: Tuple[Any, ...],
-) -> None:
-    os.environ.update(
-        RANK=str(local_rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(local_rank),
-        MASTER_ADDR=SPAWN_MASTER_ADDR,
-        MASTER_PORT=str(master_port),
-    )
+def _launched_process(worker: Callable[..., None], args: Tuple[Any, ...], backend: str) -> Optional[str]:
+    """One process of :func:`launch`: a user error comes back as its message (every rank
+    meets the same one: they read the same config and data), anything else fails the run."""
     if backend == "gloo":
         # N CPU processes that each used every core would fight over them
         # (torchrun sets OMP_NUM_THREADS=1 for the same reason).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    _run_in_group(worker, args, backend)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
+    try:
+        _run_in_group(worker, args, backend)
+    except UserError as error:
+        return str(error)
+    return None
 
 
 def launch(
@@ -211,8 +199,10 @@ def launch(
     Under torchrun this process is one of the run's: it joins the group
     (torchrun's ``--nproc_per_node`` sets the count, so ``nproc`` must be None).
     Otherwise :func:`plan_launch` decides: one process runs here, without a
-    process group; more are spawned on this machine, the rendezvous listening on
-    ``master_port``. ``worker`` and ``args`` must pickle when processes are spawned.
+    process group; more are started on this machine by torch's elastic
+    launcher, the rendezvous listening on ``master_port``. ``worker`` and
+    ``args`` must pickle when processes are started. A :class:`UserError` in
+    the processes is raised here, once.
     """
     if launched_by_torchrun():
         if nproc is not None:
@@ -226,12 +216,23 @@ def launch(
         worker(DistributedContext(0, 1, 0, process_device(backend, 0), None), *args)
         return
     check_port_free(master_port)
-    mp.spawn(
-        _spawned_process,
-        args=(num_processes, backend, master_port, worker, args),
-        nprocs=num_processes,
-        join=True,
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_processes,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"localhost:{master_port}",
+        max_restarts=0,
+        start_method="spawn",
     )
+    try:
+        outcomes = elastic_launch(config, _launched_process)(worker, args, backend)
+    except ChildFailedError as error:
+        raise RuntimeError(f"a training process failed: {error.format_msg()}") from None
+    messages = [message for message in outcomes.values() if message is not None]
+    if messages:
+        raise UserError(messages[0])
 
 
 def process_seed(seed: int, context: DistributedContext) -> int:
@@ -352,34 +353,6 @@ def wrap_for_training(
     )
 
 
-def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
-    """The recommender inside :func:`wrap_for_training`'s module (the model itself otherwise)."""
-    if isinstance(module, DistributedDataParallel):
-        module = module.module
-    if isinstance(module, LossModule):
-        module = module.model
-    return module
-
-
-def model_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The recommender's weights, without DDP's ``module.`` prefix."""
-    return unwrap_model(module).state_dict()
-
-
-def load_model_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Loads weights saved by 1 or N processes, also a raw DDP state dict (``module.`` keys)."""
-    state = dict(state)
-    consume_prefix_in_state_dict_if_present(state, "module.")
-    unwrap_model(module).load_state_dict(state)
-
-
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()
-
-
-def save_on_main(obj: Any, path: Path, context: DistributedContext) -> None:
-    """Rank 0 writes ``obj`` (atomically); every rank returns once the file is complete."""
-    if context.is_main:
-        atomic_torch_save(obj, path)
-    barrier(context)

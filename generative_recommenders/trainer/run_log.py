@@ -11,8 +11,10 @@ from torch.utils.tensorboard.summary import hparams
 
 from generative_recommenders.atomic_files import atomic_write_text
 from generative_recommenders.evaluation.metrics import format_metrics
+from generative_recommenders.logs import get_logger
 
 RESULTS_FILE = "results.json"
+logger = get_logger(__name__)
 
 
 class RunLog:
@@ -38,7 +40,7 @@ class RunLog:
 
     def message(self, text: str) -> None:
         if self.active:
-            print(text, flush=True)
+            logger.info(text)
 
     def hyperparameters(self, values: Dict[str, Any], metric_tags: Iterable[str]) -> None:
         """Opens the run's TensorBoard hparams session; the metrics are scalar tags logged later."""

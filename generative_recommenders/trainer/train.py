@@ -1,20 +1,25 @@
 """The training loop: gin-configured, on one process (CPU or GPU) or several (``distributed.py``).
 
-``train_fn``'s parameter names are the HSTU reference's, so its gin files load
-unchanged; names it does not know are a gin error. The evaluation protocols
-are described in ``protocol.py``, checkpoint/resume in ``checkpoint.py``.
+``train_fn`` is the gin entry point, with the HSTU reference's parameter
+names (its gin files load unchanged). It checks its arguments into one frozen
+:class:`TrainConfig` and calls :func:`train`, a short loop over named pieces:
+:func:`build` (data views, loaders, model, optimizer, LR warm-up),
+:func:`resume_or_start`, :func:`train_epoch` (which runs :func:`train_step`,
+the one training step, also what the throughput benchmark times),
+:func:`evaluate` and :func:`final_test`. The evaluation protocols are
+described in ``protocol.py``, checkpoint/resume in ``checkpoint.py``.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+import functools
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gin
 import numpy as np
@@ -25,15 +30,25 @@ from tqdm import tqdm
 from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.data.batching import LengthBucketedBatchSampler, history_lengths
 from generative_recommenders.data.dataset import collate_sequences
-from generative_recommenders.data.sequence_format import load_sequence_dataset
-from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, METRIC_NAMES
+from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
+from generative_recommenders.errors import UserError
+from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, MetricAccumulator
 from generative_recommenders.evaluation.ranking import evaluate_ranking
-from generative_recommenders.modeling.hstu import HSTUEncoder
-from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
-from generative_recommenders.modeling.losses import SAMPLING_STRATEGIES, training_loss
-from generative_recommenders.modeling.sasrec import SASRecEncoder
-from generative_recommenders.modeling.sequential import SequentialRecommender
+from generative_recommenders.logs import configure_logging, get_logger
+from generative_recommenders.modeling.losses import training_loss
+from generative_recommenders.modeling.registry import ModelInputs, build_model, import_model_modules
+from generative_recommenders.ops import jagged
+from generative_recommenders.ops.sequences import DEFAULT_ATTENTION_BACKEND
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
+from generative_recommenders.trainer.checkpoint import (
+    CHECKPOINT_FILE,
+    ResumableSampler,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from generative_recommenders.trainer.config import ConfigError, TrainConfig, parse_gin
 from generative_recommenders.trainer.distributed import (
     DistributedContext,
     ShardSampler,
@@ -45,28 +60,15 @@ from generative_recommenders.trainer.distributed import (
     single_process_context,
     wrap_for_training,
 )
-from generative_recommenders.trainer.checkpoint import (
-    CHECKPOINT_FILE,
-    ResumableSampler,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from generative_recommenders.trainer.protocol import PROTOCOLS, ModelSelection, protocol_views
+from generative_recommenders.trainer.protocol import ModelSelection, ProtocolViews, protocol_views
 from generative_recommenders.trainer.run_log import RunLog
 
-# The reference's names for the text path; the item embedding module carries the text,
-# so its input preprocessor and negative sampler are the plain ones.
-_TEXT_ALIASES = {
-    "LearnablePositionalEmbeddingWithTextPreprocessor": "LearnablePositionalEmbeddingInputFeaturesPreprocessor",
-    "local_with_text": "local",
-}
+logger = get_logger(__name__)
+import_model_modules()  # the models' gin configurables (hstu_encoder, ...) must exist before a config is parsed
 
 
-def _require(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"train_fn.{name}={value!r} is not supported; choose from {allowed}")
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
 
 
 def seed_everything(seed: int) -> None:
@@ -103,35 +105,142 @@ def create_data_loader(
     )
 
 
-def build_model(
-    main_module: str,
-    num_items: int,
-    item_embedding_dim: int,
-    max_positions: int,
-    dropout_rate: float,
-    user_embedding_norm: str,
-    l2_norm_eps: float,
-    text_embeddings: Optional[torch.Tensor] = None,
-) -> SequentialRecommender:
-    """``text_embeddings [num_items + 1, T]`` switches on text fusion (``text_fusion.*``)."""
-    if main_module == "HSTU":
-        encoder = HSTUEncoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
-    elif main_module == "SASRec":
-        encoder = SASRecEncoder(embedding_dim=item_embedding_dim, max_sequence_len=max_positions)
-    else:
-        raise ValueError(f"train_fn.main_module={main_module!r}; choose 'HSTU' or 'SASRec'")
-    item_embedding = (
-        ItemEmbedding(num_items, item_embedding_dim)
-        if text_embeddings is None
-        else ItemEmbeddingWithText(num_items, item_embedding_dim, text_embeddings)
+def model_inputs(config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor]) -> ModelInputs:
+    """What the model registry's builders get from a run's config and data."""
+    return ModelInputs(
+        num_items=num_items,
+        embedding_dim=config.item_embedding_dim,
+        num_positions=config.num_positions,
+        dropout_rate=config.dropout_rate,
+        user_embedding_norm=config.user_embedding_norm,
+        item_l2_norm=config.item_l2_norm,
+        l2_norm_eps=config.l2_norm_eps,
+        text_embeddings=text_embeddings,
+        attention_backend=config.attention_backend,
+        jagged_backend=config.jagged_backend,
     )
-    return SequentialRecommender(
-        item_embedding=item_embedding,
-        encoder=encoder,
-        max_sequence_len=max_positions,
-        dropout_rate=dropout_rate,
-        user_embedding_norm=user_embedding_norm,
-        l2_norm_eps=l2_norm_eps,
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; with the model, optimizer and generators it is all a resume needs."""
+
+    epoch: int = 0  # the epoch in progress, or the next one to start
+    batches_done: int = 0  # batches of that epoch already trained
+    step: int = 0
+    epoch_losses: List[float] = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    train_sequences: int = 0
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """Everything :func:`build` makes for one run; the loop's pieces share it."""
+
+    config: TrainConfig
+    context: DistributedContext
+    gin_config: str
+    data: SequenceDataset
+    views: ProtocolViews
+    train_sampler: Any  # ResumableSampler or LengthBucketedBatchSampler: both have set_position
+    train_loader: torch.utils.data.DataLoader
+    batches_per_epoch: int
+    eval_order: ShardSampler
+    eval_loader: torch.utils.data.DataLoader
+    partial_eval_batches: int
+    model: torch.nn.Module
+    train_module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    selection: Optional[ModelSelection]
+    run_dir: Path
+    log: Optional[RunLog] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+
+def warmup_factor(num_warmup_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of step ``s``: linear warm-up to 1 over ``num_warmup_steps`` steps."""
+    return lambda step: min(1.0, (step + 1) / num_warmup_steps) if step < num_warmup_steps else 1.0
+
+
+def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> TrainingRun:
+    """Reads the data and builds the loaders, the model, its optimizer and LR schedule."""
+    seed_everything(config.random_seed)
+    device = context.device
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.enable_tf32
+        torch.backends.cudnn.allow_tf32 = config.enable_tf32
+
+    data_dir = Path(config.data_root) / config.dataset_name
+    data = load_sequence_dataset(data_dir)
+    text_embeddings = (
+        load_dataset_text_embeddings(data_dir, config.text_embedding_model, data.num_items)
+        if config.with_text
+        else None
+    )
+    views = protocol_views(data, config.max_sequence_length, config.eval_protocol)
+    if len(views.train) == 0:
+        raise ConfigError(
+            f"{config.dataset_name}: no user has enough items to train under the {config.eval_protocol} protocol"
+        )
+    batch_size = config.local_batch_size
+    if config.length_bucketed_batches:
+        if context.is_distributed:
+            raise ConfigError("train_fn.length_bucketed_batches runs in one process only; drop it or --nproc")
+        train_sampler = LengthBucketedBatchSampler(history_lengths(views.train), batch_size, config.random_seed)
+        batches_per_epoch = len(train_sampler)
+        train_loader = create_data_loader(views.train, batch_size, batch_sampler=train_sampler)
+    else:
+        train_sampler = ResumableSampler(
+            views.train, batch_size, config.random_seed, num_replicas=context.world_size, rank=context.rank
+        )
+        batches_per_epoch = math.ceil(len(train_sampler.order) / batch_size)
+        train_loader = create_data_loader(views.train, batch_size, train_sampler)
+    # Shuffled like the reference so that partial evaluations see a random subset.
+    eval_order = ShardSampler(
+        len(views.eval), context.rank, context.world_size, shuffle=not config.validated, seed=config.random_seed
+    )
+    eval_loader = create_data_loader(views.eval, config.eval_batch_size, eval_order)
+
+    model = build_model(config.main_module, model_inputs(config, data.num_items, text_embeddings)).to(device)
+    # Same initial weights on every rank (seeded above); from here each rank draws its own
+    # negatives and dropout masks.
+    seed_everything(process_seed(config.random_seed, context))
+    loss = functools.partial(
+        training_loss,
+        sampling_strategy=config.sampling_strategy,
+        num_negatives=config.num_negatives,
+        temperature=config.temperature,
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    )
+    run_name = config.run_name or model.description()
+    return TrainingRun(
+        config=config,
+        context=context,
+        gin_config=gin_config,
+        data=data,
+        views=views,
+        train_sampler=train_sampler,
+        train_loader=train_loader,
+        batches_per_epoch=batches_per_epoch,
+        eval_order=eval_order,
+        eval_loader=eval_loader,
+        # A partial evaluation covers about the same number of users in any number of processes.
+        partial_eval_batches=math.ceil(config.partial_eval_num_iters / context.world_size),
+        model=model,
+        train_module=wrap_for_training(model, loss, context),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(config.num_warmup_steps)),
+        selection=ModelSelection(config.selection_metric, config.patience) if config.validated else None,
+        run_dir=Path(config.output_root) / config.dataset_name / f"{run_name}-s{config.random_seed}",
     )
 
 
@@ -139,16 +248,232 @@ def build_model(
 _RESUMED_RESULTS = ("epochs", "evaluations", "resumed_at")
 
 
-@dataclass
-class _Progress:
-    """Where training stands; with the model, optimizer and generators it is all a resume needs."""
+def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
+    """Opens the run's log; with ``resume``, restores the checkpoint (weights, optimizer, schedule,
+    selection, generators) and returns where it stopped."""
+    config, context = run.config, run.context
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run.run_dir / CHECKPOINT_FILE
+    progress, checkpoint = Progress(), None
+    if resume and checkpoint_path.is_file():
+        checkpoint = load_checkpoint(checkpoint_path, run.gin_config, run.data.stats(), context.world_size)
+        run.model.load_state_dict(checkpoint["model"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+        progress = Progress(**checkpoint["progress"])
+        if run.selection is not None:
+            run.selection.load_state_dict(checkpoint["selection"])
+        if context.is_main:
+            logger.info("resuming %s at epoch %d, step %d", run.run_dir, progress.epoch, progress.step)
+    elif resume and context.is_main:
+        logger.info("no checkpoint in %s: starting from scratch", run.run_dir)
+    elif checkpoint_path.is_file() and context.is_main:
+        logger.info("starting over: removing the earlier run's checkpoint %s", checkpoint_path)
+        checkpoint_path.unlink()
+    barrier(context)  # no rank may still be reading the checkpoint rank 0 removes
 
-    epoch: int = 0  # the epoch in progress, or the next one to start
-    batches_done: int = 0  # batches of that epoch already trained
-    step: int = 0
-    epoch_losses: List[float] = field(default_factory=list)
-    train_seconds: float = 0.0
-    train_sequences: int = 0
+    model = run.model
+    run.log = RunLog(
+        run.run_dir,
+        {
+            "dataset": run.data.stats(),
+            "run_dir": str(run.run_dir),
+            "model": model.description(),
+            "protocol": config.eval_protocol,
+            "text_embedding_model": config.text_embedding_model,
+            "seed": config.random_seed,
+            "selection_metric": config.selection_metric,
+            "patience": config.patience,
+            "rank_cap": config.rank_cap,
+            "device": str(run.device),
+            "world_size": context.world_size,
+            "gin_config": run.gin_config,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "skipped_users": {"train": run.views.train.num_skipped_users, "eval": run.views.eval.num_skipped_users},
+        },
+        purge_step=progress.step,
+        active=context.is_main,
+    )
+    if checkpoint is None:
+        run.log.hyperparameters(
+            {
+                "dataset": config.dataset_name, "model": model.description(), "main_module": config.main_module,
+                "text_embedding_model": config.text_embedding_model or "none", "protocol": config.eval_protocol,
+                "seed": config.random_seed, "num_epochs": config.num_epochs, "learning_rate": config.learning_rate,
+                "weight_decay": config.weight_decay, "dropout_rate": config.dropout_rate,
+                "batch_size": config.local_batch_size, "max_sequence_length": config.max_sequence_length,
+                "item_embedding_dim": config.item_embedding_dim, "num_negatives": config.num_negatives,
+                "temperature": config.temperature, "patience": config.patience or 0,
+            },
+            [f"valid/{config.selection_metric}", *(f"test_best/{m}" for m in DEFAULT_REPORTED)]
+            if config.validated
+            else [f"test/{m}" for m in DEFAULT_REPORTED],
+        )
+    else:
+        run.log.results.update(checkpoint["results"])
+        run.log.results.setdefault("resumed_at", []).append({"epoch": progress.epoch, "step": progress.step})
+        # Last, so that nothing above (model init) draws from the restored generators.
+        restore_rng_state(checkpoint["rng"][context.rank])
+    processes = f" x {context.world_size} processes" if context.is_distributed else ""
+    run.log.message(
+        f"{config.dataset_name}: {run.data.num_users} users, {run.data.num_items} items; training "
+        f"{model.description()} on {len(run.views.train)} sequences ({config.eval_protocol} protocol) "
+        f"on {run.device}{processes}; logs in {run.run_dir}"
+    )
+    return progress
+
+
+def write_checkpoint(run: TrainingRun, progress: Progress) -> None:
+    rng_states = gather_objects(capture_rng_state(), run.context)  # every rank's, to resume each
+    if run.context.is_main:
+        save_checkpoint(
+            run.run_dir / CHECKPOINT_FILE,
+            {
+                "gin_config": run.gin_config,
+                "dataset": run.data.stats(),
+                "world_size": run.context.world_size,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "rng": rng_states,
+                "progress": dataclasses.asdict(progress),
+                "selection": None if run.selection is None else run.selection.state_dict(),
+                "results": {key: run.log.results[key] for key in _RESUMED_RESULTS if key in run.log.results},
+            },
+        )
+    barrier(run.context)
+
+
+def train_step(
+    train_module: torch.nn.Module,
+    batch: Dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    context: DistributedContext,
+    autocast_bf16: bool = False,
+) -> float:
+    """One optimizer step on ``batch``; returns the loss (averaged over the ranks, so that all stop together).
+
+    ``train_module`` is :func:`~distributed.wrap_for_training`'s: called with
+    ``(batch, device)`` it returns the loss. ``autocast_bf16`` runs the forward
+    in bfloat16 autocast on CUDA.
+    """
+    device = context.device
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16 and device.type == "cuda"):
+        loss = train_module(batch, device)
+    loss_value = mean_across_ranks(loss, context)
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(
+            f"the training loss became {loss_value}; lower train_fn.learning_rate or raise train_fn.num_warmup_steps"
+        )
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss_value
+
+
+def train_epoch(run: TrainingRun, progress: Progress) -> None:
+    """Trains the rest of epoch ``progress.epoch``, checkpointing every ``checkpoint_every_n_steps``."""
+    config, context, epoch = run.config, run.context, progress.epoch
+    run.model.train()
+    run.train_sampler.set_position(epoch, progress.batches_done)
+    clock = time.perf_counter()
+    for batch in tqdm(run.train_loader, desc=f"epoch {epoch}", leave=False, mininterval=5, disable=not context.is_main):
+        lr = run.scheduler.get_last_lr()[0]
+        try:
+            loss = train_step(run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16)
+        except TrainingDiverged as error:
+            raise TrainingDiverged(f"{error} (epoch {epoch}, step {progress.step})") from None
+        progress.epoch_losses.append(loss)
+        run.log.scalar("losses/train", loss, progress.step)
+        run.log.scalar("lr", lr, progress.step)
+        if progress.step % config.eval_interval == 0:  # the reference's name for the loss-logging interval
+            logger.debug("step %d (epoch %d): loss %.6f", progress.step, epoch, loss)
+        progress.step += 1
+        progress.batches_done += 1
+        progress.train_sequences += batch["target_ids"].numel() * context.world_size
+        now = time.perf_counter()
+        progress.train_seconds, clock = progress.train_seconds + now - clock, now
+        every = config.checkpoint_every_n_steps
+        # The epoch's end writes a checkpoint anyway.
+        if every is not None and progress.step % every == 0 and progress.batches_done < run.batches_per_epoch:
+            write_checkpoint(run, progress)
+    mean_loss = float(np.mean(progress.epoch_losses))
+    run.log.epoch(epoch, mean_loss)
+    seconds = max(progress.train_seconds, 1e-9)
+    run.log.message(f"epoch {epoch}: loss {mean_loss:.4f}, {progress.train_sequences / seconds:.0f} seq/s")
+    progress.epoch, progress.batches_done, progress.epoch_losses = epoch + 1, 0, []
+
+
+def evaluate(run: TrainingRun, loader: torch.utils.data.DataLoader, max_batches: Optional[int] = None) -> MetricAccumulator:
+    """Full-ranking metrics of ``loader``'s users, summed over every rank."""
+    accumulator = evaluate_ranking(run.model, loader, run.device, run.config.rank_cap, max_batches=max_batches)
+    return reduce_metrics(accumulator, run.context)
+
+
+def evaluate_epoch(run: TrainingRun, epoch: int) -> None:
+    """The evaluation after ``epoch``: full every ``full_eval_every_n`` epochs and at the last one,
+    partial in between (reference protocol only); the validated protocol selects on it."""
+    config = run.config
+    full = epoch % config.full_eval_every_n == 0 or epoch == config.num_epochs - 1
+    if not (full or not config.validated):
+        return
+    run.eval_order.set_epoch(epoch)
+    accumulator = evaluate(run, run.eval_loader, max_batches=None if full else run.partial_eval_batches)
+    metrics = accumulator.means()
+    run.log.evaluation(epoch, run.views.eval_split, full, metrics, accumulator.count)
+    if run.selection is not None:
+        run.selection.update(epoch, metrics, run.model)
+
+
+def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
+    """Saves the weights and reports what the protocol reports: the test of the best and of the last
+    weights (validated), or the last full evaluation (reference)."""
+    config, context, log, selection = run.config, run.context, run.log, run.selection
+    log.results["train_seconds"] = progress.train_seconds
+    log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
+    test_loader = create_data_loader(
+        run.views.test, config.eval_batch_size, ShardSampler(len(run.views.test), context.rank, context.world_size)
+    )
+    if context.is_main:
+        atomic_torch_save(run.model.state_dict(), run.run_dir / "last_model.pt")
+    if selection is not None:
+        last = evaluate(run, test_loader)
+        log.evaluation(progress.epoch - 1, "test_last", True, last.means(), last.count)
+        run.model.load_state_dict(selection.best_state)
+        if context.is_main:
+            atomic_torch_save(selection.best_state, run.run_dir / "best_model.pt")
+        best = evaluate(run, test_loader)
+        log.evaluation(selection.best["epoch"], "test_best", True, best.means(), best.count)
+        log.results["last"] = last.means()
+        log.results["best"] = dict(selection.best, test=best.means())
+        log.message(f"best epoch by validation {config.selection_metric}: {selection.best['epoch']}")
+    else:
+        full_evaluations = [e for e in log.results["evaluations"] if e["full"]]
+        log.results["last"] = full_evaluations[-1]["metrics"]
+        log.results["best"] = None  # no validation split under the reference protocol
+    log.results["epochs_trained"] = progress.epoch
+    log.results["stopped_early"] = progress.epoch < config.num_epochs
+    log.results["gin_config"] = gin.operative_config_str()
+    log.results["finished"] = True
+    log.close()
+    return log.results
+
+
+def train(config: TrainConfig, context: DistributedContext, gin_config: str, resume: bool = False) -> Dict[str, Any]:
+    """Trains and evaluates one run; returns (and writes) its results record."""
+    configure_logging()
+    run = build(config, context, gin_config)
+    progress = resume_or_start(run, resume)
+    for epoch in range(progress.epoch, config.num_epochs):
+        if run.selection is not None and run.selection.should_stop:
+            break
+        train_epoch(run, progress)
+        evaluate_epoch(run, epoch)
+        run.log.save()
+        write_checkpoint(run, progress)
+    return final_test(run, progress)
 
 
 @gin.configurable(denylist=["resume", "context"])
@@ -191,6 +516,8 @@ def train_fn(
     length_bucketed_batches: bool = False,
     autocast_bf16: bool = False,
     rank_cap: Optional[int] = None,
+    attention_backend: str = DEFAULT_ATTENTION_BACKEND,
+    jagged_backend: str = jagged.DEFAULT_BACKEND,
     data_root: str = "tmp",
     output_root: str = "exps",
     run_name: Optional[str] = None,
@@ -200,278 +527,41 @@ def train_fn(
     """Trains and evaluates one model; returns (and writes) the results record.
 
     Writes to ``<output_root>/<dataset_name>/<run_name>-s<random_seed>/``.
-    A checkpoint is written there at the end of every epoch and every
-    ``checkpoint_every_n_steps`` steps (``None``: epoch ends only); the
-    reference's ``save_ckpt_every_n`` (in epochs) is accepted and covered by
-    the per-epoch checkpoints. ``resume=True`` (not a gin parameter: the
-    config must equal the checkpoint's) continues from the checkpoint.
-    ``deterministic=True`` switches torch to its deterministic kernels for the
-    process (slower where a kernel has no deterministic fast path): reruns and
-    resumes are then bit-exact, where otherwise gradients that accumulate with
-    atomic adds may differ in the last bits. ``patience``: under
-    ``validated``, stop after that many evaluations without a better
-    ``selection_metric``. ``length_bucketed_batches``: batches of sequences of
-    similar length (less padding, faster; batches are less random).
-    ``autocast_bf16``: the training step in bfloat16 autocast on CUDA.
-    ``rank_cap=2500`` reproduces the reference's capped
-    ranks (default: exact). ``context`` places this process in a multi-process
-    run (default: one process, on the GPU when there is one): each rank trains on
-    its share of every batch-order, evaluates its share of the users, and rank 0
-    alone writes logs, results and checkpoints.
+    ``max_sequence_length`` caps the history; a sequence holds
+    ``max_sequence_length + gr_output_length + 1`` positions. ``eval_interval``
+    is the reference's name for the interval, in steps, of the debug-level
+    loss lines (every step's loss goes to TensorBoard). A checkpoint is written
+    at the end of every epoch and every ``checkpoint_every_n_steps`` steps
+    (``None``: epoch ends only); the reference's ``save_ckpt_every_n`` (in
+    epochs) is accepted and covered by the per-epoch checkpoints.
+    ``resume=True`` (not a gin parameter: the config must equal the
+    checkpoint's) continues from the checkpoint. ``deterministic=True``
+    switches torch to its deterministic kernels for the process (slower where
+    a kernel has no deterministic fast path): reruns and resumes are then
+    bit-exact, where otherwise gradients that accumulate with atomic adds may
+    differ in the last bits. ``patience``: under ``validated``, stop after
+    that many evaluations without a better ``selection_metric``.
+    ``length_bucketed_batches``: batches of sequences of similar length (less
+    padding, faster; batches are less random). ``autocast_bf16``: the training
+    step in bfloat16 autocast on CUDA. ``rank_cap=2500`` caps ranks as the
+    reference's top-2,500 retrieval (default: exact). ``attention_backend``
+    (``auto``, ``padded``, ``torch``, ``triton``) and ``jagged_backend``
+    (``auto``, ``torch``, ``fbgemm``) choose the ops' backends (default: the
+    environment variables ``GR_ATTENTION_BACKEND`` / ``GR_JAGGED_BACKEND``,
+    else ``auto``). ``context`` places this process in a multi-process run
+    (default: one process, on the GPU when there is one): each rank trains on
+    its share of every batch-order, evaluates its share of the users, and rank
+    0 alone writes logs, results and checkpoints.
     """
-    sampling_strategy = _TEXT_ALIASES.get(sampling_strategy, sampling_strategy)
-    feat_prep = _TEXT_ALIASES.get(feat_prep, feat_prep)
-    _require("loss_module", loss_module, ("SampledSoftmaxLoss",))
-    _require("sampling_strategy", sampling_strategy, SAMPLING_STRATEGIES)
-    _require("embedding_module_type", embedding_module_type, ("local", "local_and_text"))
-    _require("interaction_module_type", interaction_module_type, ("DotProduct",))
-    _require("top_k_method", top_k_method, ("MIPSBruteForceTopK",))
-    _require("feat_prep", feat_prep, ("LearnablePositionalEmbeddingInputFeaturesPreprocessor",))
-    _require("eval_protocol", eval_protocol, PROTOCOLS)
-    _require("selection_metric", selection_metric, METRIC_NAMES)
-    with_text = embedding_module_type == "local_and_text"
-    if with_text != (text_embedding_model is not None):
-        raise ValueError(
-            "train_fn.embedding_module_type = \"local_and_text\" and train_fn.text_embedding_model "
-            "go together (set both, or neither)"
-        )
-    validated = eval_protocol == "validated"
-    if patience is not None and not validated:
-        raise ValueError(
-            "train_fn.patience needs the validated protocol: the reference protocol has no "
-            "validation split, and stopping on the test set would select on it"
-        )
-    if num_epochs < 1:
-        raise ValueError(f"train_fn.num_epochs must be >= 1, got {num_epochs}")
-    if checkpoint_every_n_steps is not None and checkpoint_every_n_steps < 1:
-        raise ValueError(
-            f"train_fn.checkpoint_every_n_steps must be >= 1 (or None), got {checkpoint_every_n_steps}"
-        )
     del save_ckpt_every_n
-    gin_config = gin.config_str()
+    arguments = dict(locals())
+    config = TrainConfig.from_arguments(arguments)
+    return train(config, context or single_process_context(), gin.config_str(), resume)
 
-    context = context or single_process_context()
-    seed_everything(random_seed)
-    device = context.device
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
-        torch.use_deterministic_algorithms(True)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = enable_tf32
-        torch.backends.cudnn.allow_tf32 = enable_tf32
 
-    data_dir = Path(data_root) / dataset_name
-    data = load_sequence_dataset(data_dir)
-    text_embeddings = (
-        load_dataset_text_embeddings(data_dir, text_embedding_model, data.num_items) if with_text else None
-    )
-    views = protocol_views(data, max_sequence_length, eval_protocol)
-    if len(views.train) == 0:
-        raise ValueError(
-            f"{dataset_name}: no user has enough items to train under the {eval_protocol} protocol"
-        )
-    if length_bucketed_batches:
-        if context.is_distributed:
-            raise ValueError("train_fn.length_bucketed_batches runs in one process only; drop it or --nproc")
-        train_sampler = LengthBucketedBatchSampler(history_lengths(views.train), local_batch_size, random_seed)
-        batches_per_epoch = len(train_sampler)
-        train_loader = create_data_loader(views.train, local_batch_size, batch_sampler=train_sampler)
-    else:
-        train_sampler = ResumableSampler(
-            views.train, local_batch_size, random_seed, num_replicas=context.world_size, rank=context.rank
-        )
-        batches_per_epoch = math.ceil(len(train_sampler.order) / local_batch_size)
-        train_loader = create_data_loader(views.train, local_batch_size, train_sampler)
-    # Shuffled like the reference so that partial evaluations see a random subset.
-    eval_order = ShardSampler(
-        len(views.eval), context.rank, context.world_size, shuffle=not validated, seed=random_seed
-    )
-    # A partial evaluation covers about the same number of users in any number of processes.
-    partial_batches = math.ceil(partial_eval_num_iters / context.world_size)
-    eval_loader = create_data_loader(views.eval, eval_batch_size, eval_order)
-
-    # Positions: history + the appended target + the reference's output slots.
-    max_positions = max_sequence_length + gr_output_length + 1
-    model = build_model(
-        main_module, data.num_items, item_embedding_dim, max_positions,
-        dropout_rate, user_embedding_norm, l2_norm_eps, text_embeddings,
-    ).to(device)
-    # Same initial weights on every rank (seeded above); from here each rank draws its own
-    # negatives and dropout masks.
-    seed_everything(process_seed(random_seed, context))
-    train_module = wrap_for_training(model, training_loss, context)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=weight_decay
-    )
-    selection = ModelSelection(selection_metric, patience) if validated else None
-
-    run_dir = Path(output_root) / dataset_name / f"{run_name or model.description()}-s{random_seed}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = run_dir / CHECKPOINT_FILE
-    progress, checkpoint = _Progress(), None
-    if resume and checkpoint_path.is_file():
-        checkpoint = load_checkpoint(checkpoint_path, gin_config, data.stats(), context.world_size)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        progress = _Progress(**checkpoint["progress"])
-        if selection is not None:
-            selection.load_state_dict(checkpoint["selection"])
-        if context.is_main:
-            print(f"resuming {run_dir} at epoch {progress.epoch}, step {progress.step}", flush=True)
-    elif resume and context.is_main:
-        print(f"no checkpoint in {run_dir}: starting from scratch", flush=True)
-    elif checkpoint_path.is_file() and context.is_main:
-        print(f"starting over: removing the earlier run's checkpoint {checkpoint_path}", flush=True)
-        checkpoint_path.unlink()
-    barrier(context)  # no rank may still be reading the checkpoint rank 0 removes
-
-    log = RunLog(
-        run_dir,
-        {
-            "dataset": data.stats(),
-            "run_dir": str(run_dir),
-            "model": model.description(),
-            "protocol": eval_protocol,
-            "text_embedding_model": text_embedding_model,
-            "seed": random_seed,
-            "selection_metric": selection_metric,
-            "patience": patience,
-            "rank_cap": rank_cap,
-            "device": str(device),
-            "world_size": context.world_size,
-            "gin_config": gin_config,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "skipped_users": {"train": views.train.num_skipped_users, "eval": views.eval.num_skipped_users},
-        },
-        purge_step=progress.step,
-        active=context.is_main,
-    )
-    if checkpoint is None:
-        log.hyperparameters(
-            {
-                "dataset": dataset_name, "model": model.description(), "main_module": main_module,
-                "text_embedding_model": text_embedding_model or "none", "protocol": eval_protocol,
-                "seed": random_seed, "num_epochs": num_epochs, "learning_rate": learning_rate,
-                "weight_decay": weight_decay, "dropout_rate": dropout_rate, "batch_size": local_batch_size,
-                "max_sequence_length": max_sequence_length, "item_embedding_dim": item_embedding_dim,
-                "num_negatives": num_negatives, "temperature": temperature, "patience": patience or 0,
-            },
-            [f"valid/{selection_metric}", *(f"test_best/{m}" for m in DEFAULT_REPORTED)]
-            if validated
-            else [f"test/{m}" for m in DEFAULT_REPORTED],
-        )
-    else:
-        log.results.update(checkpoint["results"])
-        log.results.setdefault("resumed_at", []).append({"epoch": progress.epoch, "step": progress.step})
-        # Last, so that nothing above (model init) draws from the restored generators.
-        restore_rng_state(checkpoint["rng"][context.rank])
-    processes = f" x {context.world_size} processes" if context.is_distributed else ""
-    log.message(
-        f"{dataset_name}: {data.num_users} users, {data.num_items} items; training {model.description()} "
-        f"on {len(views.train)} sequences ({eval_protocol} protocol) on {device}{processes}; logs in {run_dir}"
-    )
-
-    def write_checkpoint() -> None:
-        rng_states = gather_objects(capture_rng_state(), context)  # every rank's, to resume each
-        if context.is_main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "gin_config": gin_config,
-                    "dataset": data.stats(),
-                    "world_size": context.world_size,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_states,
-                    "progress": asdict(progress),
-                    "selection": None if selection is None else selection.state_dict(),
-                    "results": {key: log.results[key] for key in _RESUMED_RESULTS if key in log.results},
-                },
-            )
-        barrier(context)
-
-    for epoch in range(progress.epoch, num_epochs):
-        if selection is not None and selection.should_stop:
-            break
-        model.train()
-        train_sampler.set_position(epoch, progress.batches_done)
-        clock = time.perf_counter()
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, mininterval=5):
-            step = progress.step
-            lr = learning_rate * min(1.0, (step + 1) / num_warmup_steps) if step < num_warmup_steps else learning_rate
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16 and device.type == "cuda"):
-                loss = train_module(batch, device, sampling_strategy, num_negatives, temperature, item_l2_norm)
-            loss_value = mean_across_ranks(loss, context)  # so that every rank stops together
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} at epoch {epoch}, step {step}")
-            loss.backward()
-            optimizer.step()
-            progress.epoch_losses.append(loss_value)
-            log.scalar("losses/train", loss_value, step)
-            log.scalar("lr", lr, step)
-            if step % eval_interval == 0 and context.is_main:
-                logging.info("step %d (epoch %d): loss %.6f", step, epoch, progress.epoch_losses[-1])
-            progress.step += 1
-            progress.batches_done += 1
-            progress.train_sequences += batch["target_ids"].numel() * context.world_size
-            now = time.perf_counter()
-            progress.train_seconds, clock = progress.train_seconds + now - clock, now
-            if (
-                checkpoint_every_n_steps is not None
-                and progress.step % checkpoint_every_n_steps == 0
-                and progress.batches_done < batches_per_epoch  # the epoch's end writes one anyway
-            ):
-                write_checkpoint()
-        mean_loss = float(np.mean(progress.epoch_losses))
-        log.epoch(epoch, mean_loss)
-        log.message(
-            f"epoch {epoch}: loss {mean_loss:.4f}, "
-            f"{progress.train_sequences / max(progress.train_seconds, 1e-9):.0f} seq/s"
-        )
-        progress.epoch, progress.batches_done, progress.epoch_losses = epoch + 1, 0, []
-
-        full = epoch % full_eval_every_n == 0 or epoch == num_epochs - 1
-        if full or not validated:
-            eval_order.set_epoch(epoch)
-            acc = reduce_metrics(
-                evaluate_ranking(model, eval_loader, device, rank_cap, max_batches=None if full else partial_batches),
-                context,
-            )
-            metrics = acc.means()
-            log.evaluation(epoch, views.eval_split, full, metrics, acc.count)
-            if selection is not None:
-                selection.update(epoch, metrics, model)
-        log.save()
-        write_checkpoint()
-
-    log.results["train_seconds"] = progress.train_seconds
-    log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
-    test_loader = create_data_loader(
-        views.test, eval_batch_size, ShardSampler(len(views.test), context.rank, context.world_size)
-    )
-    if context.is_main:
-        atomic_torch_save(model.state_dict(), run_dir / "last_model.pt")
-    if selection is not None:
-        last = reduce_metrics(evaluate_ranking(model, test_loader, device, rank_cap), context)
-        log.evaluation(progress.epoch - 1, "test_last", True, last.means(), last.count)
-        model.load_state_dict(selection.best_state)
-        if context.is_main:
-            atomic_torch_save(selection.best_state, run_dir / "best_model.pt")
-        best_test = reduce_metrics(evaluate_ranking(model, test_loader, device, rank_cap), context)
-        log.evaluation(selection.best["epoch"], "test_best", True, best_test.means(), best_test.count)
-        log.results["last"] = last.means()
-        log.results["best"] = dict(selection.best, test=best_test.means())
-        log.message(f"best epoch by validation {selection_metric}: {selection.best['epoch']}")
-    else:
-        full_evals = [e for e in log.results["evaluations"] if e["full"]]
-        log.results["last"] = full_evals[-1]["metrics"]
-        log.results["best"] = None  # no validation split under the reference protocol
-    log.results["epochs_trained"] = progress.epoch
-    log.results["stopped_early"] = progress.epoch < num_epochs
-    log.results["gin_config"] = gin.operative_config_str()
-    log.results["finished"] = True
-    log.close()
-    return log.results
+def train_config_file(
+    config_file: str, bindings: Sequence[str], resume: bool = False, context: Optional[DistributedContext] = None
+) -> Dict[str, Any]:
+    """Parses a gin config file plus ``bindings`` and trains it; returns the results record."""
+    parse_gin([config_file], bindings)
+    return train_fn(resume=resume, context=context)

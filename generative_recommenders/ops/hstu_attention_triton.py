@@ -12,7 +12,7 @@ before their atomic adds: the position part by diagonals of each tile (one
 add per diagonal), the time part by bucket, over all the tiles of a program
 (one add per bucket and program).
 
-The time bucket is computed in float32 as in ``hstu_attention.time_bucket``;
+The time bucket is computed in float32 as in ``sequences.time_bucket``;
 a gap whose ``ln(gap) / 0.301`` lies within float rounding of an integer may
 land in the neighbouring bucket on some devices.
 """
@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from generative_recommenders.ops.hstu_attention import LOG_BUCKET_BASE, JaggedSequences
+from generative_recommenders.ops.sequences import LOG_BUCKET_BASE, JaggedSequences
 
 _LOG_BUCKET_BASE = tl.constexpr(LOG_BUCKET_BASE)
 
@@ -50,7 +50,7 @@ def _scores(
     PW,
     TW,
     seq_len,
-    max_seq_len,
+    num_positions,
     HAS_BIAS: tl.constexpr,
     NUM_BUCKETS: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
@@ -61,7 +61,7 @@ def _scores(
     valid = (offs_n[None, :] <= offs_m[:, None]) & (offs_m[:, None] < seq_len)
     buckets = tl.zeros(scores.shape, dtype=tl.int32)
     if HAS_BIAS:
-        relative = max_seq_len - 1 + offs_n[None, :] - offs_m[:, None]
+        relative = num_positions - 1 + offs_n[None, :] - offs_m[:, None]
         scores += tl.load(PW + relative, mask=valid, other=0.0)
         gap = tl.abs(request_times[:, None] - key_times[None, :])
         gap = tl.maximum(gap, 1).to(tl.float32)
@@ -108,10 +108,10 @@ def _sequence_and_head(Offsets, num_heads):
 
 
 @triton.jit
-def _score_gradients(scores, valid, d_weights, inv_max_seq_len):
+def _score_gradients(scores, valid, d_weights, inv_num_positions):
     """d scores from d weights, for weights = silu(scores) / N under the mask."""
     sig = tl.sigmoid(scores)
-    return tl.where(valid, d_weights * inv_max_seq_len * sig * (1.0 + scores * (1.0 - sig)), 0.0)
+    return tl.where(valid, d_weights * inv_num_positions * sig * (1.0 + scores * (1.0 - sig)), 0.0)
 
 
 @triton.jit
@@ -119,7 +119,7 @@ def _hstu_attention_by_queries(
     Q, K, V, DOut, Result, Offsets, Times, RequestTimes, PW, TW,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_rt, stride_rh,
-    num_heads, max_seq_len, inv_max_seq_len,
+    num_heads, num_positions, inv_num_positions,
     GRADIENT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     NUM_BUCKETS: tl.constexpr,
@@ -165,15 +165,15 @@ def _hstu_attention_by_queries(
             v = _load_rows(V, offs_n, rows_n, stride_vt, dv, DIM_V)
             key_times = _load_times(Times, offs_n, rows_n, HAS_BIAS)
             scores, valid, _ = _scores(
-                q, k, offs_m, offs_n, request_times, key_times, PW, TW, seq_len, max_seq_len,
+                q, k, offs_m, offs_n, request_times, key_times, PW, TW, seq_len, num_positions,
                 HAS_BIAS, NUM_BUCKETS, INPUT_PRECISION, DOT_IN_FP32,
             )
             if GRADIENT:
                 d_weights = _dot(d_out, tl.trans(v), INPUT_PRECISION, DOT_IN_FP32)
-                d_scores = _score_gradients(scores, valid, d_weights, inv_max_seq_len)
+                d_scores = _score_gradients(scores, valid, d_weights, inv_num_positions)
                 acc += _dot(d_scores.to(k.dtype), k, INPUT_PRECISION, DOT_IN_FP32)
             else:
-                weights = tl.where(valid, scores * tl.sigmoid(scores) * inv_max_seq_len, 0.0)
+                weights = tl.where(valid, scores * tl.sigmoid(scores) * inv_num_positions, 0.0)
                 acc += _dot(weights.to(v.dtype), v, INPUT_PRECISION, DOT_IN_FP32)
         _store_rows(Result, acc, offs_m, rows_m, stride_rt, tl.arange(0, BLOCK_RESULT), DIM_RESULT)
 
@@ -183,7 +183,7 @@ def _hstu_attention_backward_dkdv(
     Q, K, V, DOut, DK, DV, DPW, DTW, Offsets, Times, RequestTimes, PW, TW,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-    num_heads, max_seq_len, inv_max_seq_len,
+    num_heads, num_positions, inv_num_positions,
     HAS_BIAS: tl.constexpr,
     NUM_BUCKETS: tl.constexpr,
     BLOCK_BUCKETS: tl.constexpr,
@@ -233,20 +233,20 @@ def _hstu_attention_backward_dkdv(
             d_out = _load_rows(DOut, offs_m, rows_m, stride_dot, dv, DIM_V)
             request_times = _load_times(RequestTimes, offs_m, rows_m, HAS_BIAS)
             scores, valid, buckets = _scores(
-                q, k, offs_m, offs_n, request_times, key_times, PW, TW, seq_len, max_seq_len,
+                q, k, offs_m, offs_n, request_times, key_times, PW, TW, seq_len, num_positions,
                 HAS_BIAS, NUM_BUCKETS, INPUT_PRECISION, DOT_IN_FP32,
             )
-            weights = tl.where(valid, scores * tl.sigmoid(scores) * inv_max_seq_len, 0.0)
+            weights = tl.where(valid, scores * tl.sigmoid(scores) * inv_num_positions, 0.0)
             d_v += _dot(tl.trans(weights.to(d_out.dtype)), d_out, INPUT_PRECISION, DOT_IN_FP32)
             d_weights = _dot(d_out, tl.trans(v), INPUT_PRECISION, DOT_IN_FP32)
-            d_scores = _score_gradients(scores, valid, d_weights, inv_max_seq_len)
+            d_scores = _score_gradients(scores, valid, d_weights, inv_num_positions)
             dk += _dot(tl.trans(d_scores.to(q.dtype)), q, INPUT_PRECISION, DOT_IN_FP32)
             if HAS_BIAS:
                 by_diagonal = tl.gather(d_scores, tl.where(on_tile, diagonal_cols, 0), axis=1)
                 diagonal_sums = tl.sum(tl.where(on_tile, by_diagonal, 0.0), axis=0)
-                relative = max_seq_len - 1 + first_key - first_query - (BLOCK_M - 1) + diagonals
+                relative = num_positions - 1 + first_key - first_query - (BLOCK_M - 1) + diagonals
                 in_range = diagonals < BLOCK_M + BLOCK_N - 1
-                in_range &= (relative >= 0) & (relative < 2 * max_seq_len - 1)
+                in_range &= (relative >= 0) & (relative < 2 * num_positions - 1)
                 tl.atomic_add(DPW + relative, diagonal_sums, mask=in_range)
                 lowest = tl.min(tl.where(valid, buckets, NUM_BUCKETS))
                 highest = tl.max(tl.where(valid, buckets, 0))
@@ -277,7 +277,7 @@ def _strides(*tensors: torch.Tensor) -> Tuple[int, ...]:
 
 class _HSTUAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, position_weights, time_weights, sequences, max_seq_len, block_m, block_n):
+    def forward(ctx, q, k, v, position_weights, time_weights, sequences, num_positions, block_m, block_n):
         has_bias = position_weights is not None
         offsets = sequences.offsets
         # Kernels read nothing of the bias when it is absent: any tensor serves as a pointer.
@@ -305,17 +305,17 @@ class _HSTUAttention(torch.autograd.Function):
         # No d out in the forward: q stands in for the pointer, never read.
         _hstu_attention_by_queries[grid](
             q, k, v, q, out, offsets, times, request_times, pw, tw,
-            *_strides(q, k, v, q, out), num_heads, max_seq_len, 1.0 / max_seq_len,
+            *_strides(q, k, v, q, out), num_heads, num_positions, 1.0 / num_positions,
             GRADIENT=False, DIM_RESULT=dim_v, BLOCK_RESULT=meta["BLOCK_DV"], **meta,
         )
         ctx.save_for_backward(q, k, v, offsets, times, request_times, pw, tw)
-        ctx.meta, ctx.max_length, ctx.max_seq_len = meta, sequences.max_length, max_seq_len
+        ctx.meta, ctx.max_length, ctx.num_positions = meta, sequences.max_length, num_positions
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         q, k, v, offsets, times, request_times, pw, tw = ctx.saved_tensors
-        meta, max_seq_len = ctx.meta, ctx.max_seq_len
+        meta, num_positions = ctx.meta, ctx.num_positions
         d_out = d_out.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         has_bias = meta["HAS_BIAS"]
@@ -324,7 +324,7 @@ class _HSTUAttention(torch.autograd.Function):
         d_tw = torch.zeros(tw.numel() if has_bias else 1, dtype=torch.float32, device=q.device)
         num_heads = q.size(1)
         batch_heads = (offsets.numel() - 1) * num_heads
-        common = (num_heads, max_seq_len, 1.0 / max_seq_len)
+        common = (num_heads, num_positions, 1.0 / num_positions)
         _hstu_attention_by_queries[(triton.cdiv(ctx.max_length, meta["BLOCK_M"]), batch_heads)](
             q, k, v, d_out, dq, offsets, times, request_times, pw, tw,
             *_strides(q, k, v, d_out, dq), *common,
@@ -352,7 +352,7 @@ def triton_hstu_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     sequences: JaggedSequences,
-    max_seq_len: int,
+    num_positions: int,
     position_weights: Optional[torch.Tensor],
     time_weights: Optional[torch.Tensor],
     block_m: int = 64,
@@ -371,5 +371,5 @@ def triton_hstu_attention(
     q, k, v = _kernel_inputs(q, k, v)
     with torch.autocast(q.device.type, enabled=False):
         return _HSTUAttention.apply(
-            q, k, v, position_weights, time_weights, sequences, max_seq_len, block_m, block_n
+            q, k, v, position_weights, time_weights, sequences, num_positions, block_m, block_n
         )
