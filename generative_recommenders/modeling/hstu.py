@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from generative_recommenders.modeling.registry import ModelInputs, register_model
-from generative_recommenders.modeling.sequential import SequentialRecommender, sequential_recommender
+from generative_recommenders.modeling.sequential import SequentialRecommender, encoder_arguments, sequential_recommender
 from generative_recommenders.ops import hstu_attention, jagged
 from generative_recommenders.ops.sequences import (
     DEFAULT_ATTENTION_BACKEND,
@@ -175,10 +175,4 @@ class HSTUEncoder(torch.nn.Module):
 
 @register_model("HSTU")
 def build_hstu(inputs: ModelInputs) -> SequentialRecommender:
-    encoder = HSTUEncoder(
-        embedding_dim=inputs.embedding_dim,
-        num_positions=inputs.num_positions,
-        attention_backend=inputs.attention_backend,
-        jagged_backend=inputs.jagged_backend,
-    )
-    return sequential_recommender(encoder, inputs)
+    return sequential_recommender(HSTUEncoder(**encoder_arguments(inputs)), inputs)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from generative_recommenders.modeling.registry import ModelInputs, register_model
-from generative_recommenders.modeling.sequential import SequentialRecommender, sequential_recommender
+from generative_recommenders.modeling.sequential import SequentialRecommender, encoder_arguments, sequential_recommender
 from generative_recommenders.ops import jagged, softmax_attention
 from generative_recommenders.ops.sequences import DEFAULT_ATTENTION_BACKEND, JaggedSequences, check_attention_backend
 
@@ -139,10 +139,4 @@ class SASRecEncoder(torch.nn.Module):
 
 @register_model("SASRec")
 def build_sasrec(inputs: ModelInputs) -> SequentialRecommender:
-    encoder = SASRecEncoder(
-        embedding_dim=inputs.embedding_dim,
-        num_positions=inputs.num_positions,
-        attention_backend=inputs.attention_backend,
-        jagged_backend=inputs.jagged_backend,
-    )
-    return sequential_recommender(encoder, inputs)
+    return sequential_recommender(SASRecEncoder(**encoder_arguments(inputs)), inputs)

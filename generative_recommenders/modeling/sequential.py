@@ -8,6 +8,7 @@ sampled negatives and evaluation candidates (see ``item_embeddings.py``).
 from __future__ import annotations
 
 import math
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
@@ -112,6 +113,16 @@ class SequentialRecommender(torch.nn.Module):
 
     def description(self) -> str:
         return f"{self.encoder.description}-{self.item_embedding.description}"
+
+
+def encoder_arguments(inputs: ModelInputs) -> Dict[str, Any]:
+    """What every sequence encoder takes from the inputs: width, positions and ops backends."""
+    return dict(
+        embedding_dim=inputs.embedding_dim,
+        num_positions=inputs.num_positions,
+        attention_backend=inputs.attention_backend,
+        jagged_backend=inputs.jagged_backend,
+    )
 
 
 def sequential_recommender(encoder: torch.nn.Module, inputs: ModelInputs) -> SequentialRecommender:
