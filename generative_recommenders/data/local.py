@@ -78,6 +78,11 @@ def _read_interactions(path: Path) -> pd.DataFrame:
     except pd.errors.ParserError as e:
         raise DatasetFormatError(f"{path}: not a readable CSV file ({e})") from None
     df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("user_id", "item_id") if c not in df.columns]
+    if missing:
+        raise DatasetFormatError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header is {','.join(df.columns)}"
+        )
     unknown = [c for c in df.columns if c not in INTERACTION_COLUMNS]
     if unknown:
         hints = [
@@ -90,11 +95,6 @@ def _read_interactions(path: Path) -> pd.DataFrame:
             f"{', '.join(INTERACTION_COLUMNS)}: rename"
             + (f" ({', '.join(hints)})" if hints else "")
             + " or remove them"
-        )
-    missing = [c for c in ("user_id", "item_id") if c not in df.columns]
-    if missing:
-        raise DatasetFormatError(
-            f"{path}: missing column(s) {', '.join(missing)}; the header is {','.join(df.columns)}"
         )
     if len(df) == 0:
         raise DatasetFormatError(f"{path} holds no interactions")

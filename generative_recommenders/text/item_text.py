@@ -172,19 +172,23 @@ def _recipe_texts(
 
 
 def item_texts(
-    records: Sequence[Dict[str, Any]], recipe: str, fields: Optional[Sequence[str]] = None
+    records: Sequence[Dict[str, Any]],
+    recipe: str,
+    fields: Optional[Sequence[str]] = None,
+    to_embed: bool = True,
 ) -> List[str]:
     """The text of every item, ``texts[k]`` from ``records[k]``, with recipe ``recipe``.
 
     An item whose recipe text is empty gets its ``item_id`` string instead:
     an empty text would give every such item the same embedding, the item id
-    at least tells them apart. How many did is logged as a warning; when every
-    text is empty, there is nothing to embed and DatasetFormatError is raised.
-    ``fields`` chooses the fields of the ``local`` recipe.
+    at least tells them apart. When the texts are ``to_embed``, how many did
+    is logged as a warning, and texts that are all empty (nothing to embed)
+    raise DatasetFormatError. ``fields`` chooses the fields of the ``local``
+    recipe.
     """
     texts = _recipe_texts(records, recipe, fields)
     empty = [k for k, text in enumerate(texts) if not text]
-    if texts and len(empty) == len(texts):
+    if to_embed and texts and len(empty) == len(texts):
         chosen = f"fields {', '.join(fields)}" if fields is not None else f"the {recipe!r} recipe"
         raise DatasetFormatError(
             f"every item's text is empty with {chosen}: there is nothing to embed; "
@@ -195,7 +199,7 @@ def item_texts(
         if "item_id" not in records[k]:
             raise DatasetFormatError(f"item {k} has an empty text and no item_id to fall back on")
         texts[k] = str(records[k]["item_id"])
-    if empty:
+    if to_embed and empty:
         logger.warning(
             f"warning: {len(empty):,} of {len(texts):,} items have an empty text (the first: item_id "
             f"{records[empty[0]]['item_id']!r}); their item ids stand in as their texts"
