@@ -37,8 +37,8 @@ from generative_recommenders.data.sequence_format import DatasetFormatError
 
 REVIEWS_URL = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
 GAMES_URL = "https://cseweb.ucsd.edu/~wckang/steam_games.json.gz"
-# With their approximate sizes, for a user fetching them by hand.
-RAW_FILES = (RawFile((REVIEWS_URL,), ("about 1.3 GB",)), RawFile((GAMES_URL,), ("about 3 MB",)))
+# Approximate sizes, for a user fetching the files by hand.
+REVIEWS_SIZE, GAMES_SIZE = "about 1.3 GB", "about 3 MB"
 # The paper's item count after its preparation.
 EXPECTED_NUM_ITEMS = 11_808
 ITEM_COUNT_NOTE = (
@@ -177,7 +177,8 @@ def read_games(path: Path) -> Items:
 def load_steam(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
     """Fetches (if absent), reads and filters Steam; returns ``(interactions, games)``."""
     # Both files are fetched before either is read: missing ones fail fast, named together.
-    reviews_path, games_path = fetch_raw_files("steam", RAW_FILES, raw_dir)
+    raw_files = [RawFile((REVIEWS_URL,), (REVIEWS_SIZE,)), RawFile((GAMES_URL,), (GAMES_SIZE,))]
+    reviews_path, games_path = fetch_raw_files("steam", raw_files, raw_dir)
     games = read_games(games_path)
     reviews = read_reviews(reviews_path)
     with_metadata = reviews[reviews["item_id"].isin(games.keys()).to_numpy()]
