@@ -15,7 +15,7 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 	touch $@
 
 demo: $(VENV)/.runtime
-	$(PY) preprocess_public_data.py --dataset ml-100k
+	$(PY) preprocess_public_data.py --dataset ml100k
 	$(PY) -m generative_recommenders.demo
 
 test: $(VENV)/.test

@@ -1,6 +1,6 @@
 """Train and evaluate a sequential recommender from a gin config.
 
-    python3 main.py --gin_config_file=configs/ml-100k/hstu-sampled-softmax-n128-final.gin --master_port=12345
+    python3 main.py --gin_config_file=configs/ml100k/hstu-sampled-softmax-n128-final.gin --master_port=12345
     python3 main.py --gin_config_file=... --seeds=1,2,3        # one run per seed, then their table
     python3 main.py --gin_config_file=... --seeds=1,2,3 --resume   # continue killed runs
     python3 main.py --gin_config_file=... --nproc=2                # 2 CPU processes (gloo)
@@ -70,7 +70,7 @@ def _main(argv: List[str]) -> None:
     del argv
     config_file = flags.FLAGS.gin_config_file
     if config_file is None:
-        raise UserError("--gin_config_file is required, e.g. --gin_config_file=configs/ml-100k/hstu-sampled-softmax-n128-final.gin")
+        raise UserError("--gin_config_file is required, e.g. --gin_config_file=configs/ml100k/hstu-sampled-softmax-n128-final.gin")
     if not Path(config_file).is_file():
         raise UserError(f"gin config file {config_file} not found")
     configure_logging()

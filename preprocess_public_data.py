@@ -6,18 +6,20 @@
 
 Raw files are downloaded to ``<output_root>/raw`` (or read from ``--raw_dir``).
 Each dataset folder gets ``sasrec_format.csv``, ``data_maps.json`` (with
-``id2meta``, each item's text), ``item_texts.json`` and
-``item_metadata.jsonl``, then ``item_text_embeddings_<model>.pt`` from the
-text encoder named by ``text_embedding_model`` (``none`` skips this step).
-Work already done is skipped unless ``--force`` is given; embeddings are
-cached per (model, text) under ``<output_root>/text_cache`` so that an
-interrupted run resumes and changed texts alone are encoded again.
+``id2meta``, each item's text), ``item_texts.json``, ``item_metadata.jsonl``
+and ``manifest.json`` (counts and checksums, written last), then
+``item_text_embeddings_<model>.pt`` from the text encoder named by
+``text_embedding_model`` (``none`` skips this step). A dataset whose files
+check out against its manifest is skipped unless ``--force`` is given;
+embeddings are cached per (model, text) under ``<output_root>/text_cache`` so
+that an interrupted run resumes and changed texts alone are encoded again.
+Errors are one line and exit status 1 (``--debug`` adds the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import shlex
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -27,19 +29,24 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pandas as pd
 
 from generative_recommenders.data import amazon2023, steam
-from generative_recommenders.data.download import DownloadError
 from generative_recommenders.data.local import (
     ITEM_METADATA_FILE,
     Items,
     load_local_dataset,
     write_item_metadata,
 )
-from generative_recommenders.data.movielens import LOADERS, load_movielens
+from generative_recommenders.data.movielens import READERS, RELEASE_NAMES, load_movielens
 from generative_recommenders.data.sequence_format import (
+    MANIFEST_FILE,
     MAPS_FILE,
     SEQUENCE_FILE,
+    DatasetFormatError,
+    read_manifest,
+    verify_recorded_file,
     write_sequence_dataset,
 )
+from generative_recommenders.errors import run_command
+from generative_recommenders.logs import configure_logging
 from generative_recommenders.text.embedding_store import (
     ITEM_TEXTS_FILE,
     EmbeddingFileError,
@@ -49,7 +56,7 @@ from generative_recommenders.text.embedding_store import (
     texts_hash,
     write_item_texts,
 )
-from generative_recommenders.text.encoders import TextEncodingError, get_text_encoder
+from generative_recommenders.text.encoders import check_text_encoder_name, get_text_encoder
 from generative_recommenders.text.item_text import item_texts, read_item_metadata
 
 # The item text encoder: "blair" (the paper), "blair-large", "openai"
@@ -57,9 +64,9 @@ from generative_recommenders.text.item_text import item_texts, read_item_metadat
 # "hf:<name-or-path>", or "none". The --text_embedding_model flag overrides it.
 text_embedding_model = "minilm"
 
-# item_metadata.jsonl is written last: its presence marks a folder complete.
+# A folder is prepared when its manifest records each of these as it is on disk.
 OUTPUT_FILES = (SEQUENCE_FILE, MAPS_FILE, ITEM_TEXTS_FILE, ITEM_METADATA_FILE)
-Loader = Callable[[], Tuple[pd.DataFrame, Items]]
+DatasetReader = Callable[[], Tuple[pd.DataFrame, Items]]
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class PublicDataset:
 PUBLIC_DATASETS: Dict[str, PublicDataset] = {
     **{
         name: PublicDataset(partial(load_movielens, name), "movielens", "s")
-        for name in LOADERS
+        for name in READERS
     },
     **{
         name: PublicDataset(
@@ -93,14 +100,11 @@ PUBLIC_DATASETS: Dict[str, PublicDataset] = {
 PAPER_DATASETS = ("amzn23_office", "amzn23_game", "amzn23_music", "steam")
 
 
-def prepare_text_embeddings(
-    out_dir: Path, recipe: str, fields: Optional[List[str]], model: str, cache_dir: Path, force: bool
-) -> None:
+def prepare_text_embeddings(out_dir: Path, texts: List[str], model: str, cache_dir: Path, force: bool) -> None:
     """Writes the item texts and their embeddings, unless they are already up to date."""
-    texts = item_texts(read_item_metadata(out_dir), recipe, fields)
     try:
         unchanged = read_item_texts(out_dir) == texts
-    except EmbeddingFileError:
+    except (EmbeddingFileError, DatasetFormatError):
         unchanged = False
     if not unchanged:
         write_item_texts(out_dir, texts)
@@ -116,6 +120,21 @@ def prepare_text_embeddings(
     print(f"{out_dir.name}: {model} item text embeddings in {path} ({time.perf_counter() - start:.1f} s)")
 
 
+def why_not_prepared(out_dir: Path) -> Optional[str]:
+    """None if ``out_dir`` holds a prepared dataset that checks out against its manifest, else why not."""
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return "new"
+    try:
+        manifest = read_manifest(out_dir)
+        if manifest is None:
+            return f"{out_dir} has no {MANIFEST_FILE} (prepared by an earlier version or cut short)"
+        for name in OUTPUT_FILES:
+            verify_recorded_file(out_dir, name, manifest)
+    except DatasetFormatError as error:
+        return str(error).split(";")[0]
+    return None
+
+
 def warn_on_item_count(name: str, num_items: int, expected: Optional[int], note: str) -> None:
     """Says clearly when a dataset's item count differs from the paper's (model sizes follow the data)."""
     if expected is not None and num_items != expected:
@@ -128,29 +147,40 @@ def warn_on_item_count(name: str, num_items: int, expected: Optional[int], note:
 
 def prepare_dataset(
     name: str,
-    load: Loader,
+    load: DatasetReader,
     output_root: Path,
     force: bool,
     text_recipe: str,
+    command: str,
     text_fields: Optional[List[str]] = None,
     timestamp_unit: Optional[str] = None,
-) -> Optional[int]:
-    """Loads one dataset and writes its folder; returns its item count, or None if already prepared."""
+    to_embed: bool = True,
+) -> Tuple[List[str], Optional[int]]:
+    """Loads one dataset and writes its folder, the manifest last.
+
+    Returns the item texts and the item count (None if the folder was
+    already prepared and checks out against its manifest: it is left as it is).
+    ``command`` is the command line that prepares it, recorded in the manifest;
+    ``to_embed`` says whether the texts will be embedded (see :func:`item_texts`).
+    """
     out_dir = output_root / name
-    if not force and all((out_dir / f).is_file() for f in OUTPUT_FILES):
+    reason = why_not_prepared(out_dir)
+    if not force and reason is None:
         print(f"{name}: already prepared in {out_dir}, skipping (pass --force to redo)")
-        return None
+        return item_texts(read_item_metadata(out_dir), text_recipe, text_fields, to_embed), None
+    if reason not in (None, "new"):
+        print(f"{name}: {reason}: preparing it again")
     start = time.perf_counter()
     interactions, items = load()
     # The contract numbers items in order of first appearance; the texts are needed for the maps.
     id2item = list(pd.unique(interactions["item_id"].astype(str)))
-    texts = item_texts([{"item_id": item, **items[item]} for item in id2item], text_recipe, text_fields)
+    texts = item_texts(
+        [{"item_id": item, **items[item]} for item in id2item], text_recipe, text_fields, to_embed
+    )
     extra_maps = {"id2meta": texts}
     if timestamp_unit is not None:
         extra_maps["timestamp_unit"] = timestamp_unit
-    # Until every file is rewritten, the folder must not look complete.
-    (out_dir / ITEM_METADATA_FILE).unlink(missing_ok=True)
-    dataset = write_sequence_dataset(out_dir, interactions, extra_maps)
+    dataset = write_sequence_dataset(out_dir, interactions, extra_maps, prepare_command=command)
     if dataset.maps["id2item"] != id2item:
         raise RuntimeError(f"{name}: the item texts are not in the written item id order")
     write_item_texts(out_dir, texts)
@@ -162,7 +192,7 @@ def prepare_dataset(
         f"mean {stats['mean_sequence_length']:.1f} / median {stats['median_sequence_length']:.1f}, "
         f"{time.perf_counter() - start:.1f} s -> {out_dir}"
     )
-    return stats["num_items"]
+    return texts, stats["num_items"]
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -172,9 +202,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--dataset",
         action="append",
-        choices=sorted(PUBLIC_DATASETS),
+        choices=sorted(PUBLIC_DATASETS) + sorted(RELEASE_NAMES),
         default=[],
-        help=f"a public dataset to prepare (repeatable; default: the paper's {', '.join(PAPER_DATASETS)})",
+        help=f"a public dataset to prepare (repeatable; default: the paper's {', '.join(PAPER_DATASETS)}); "
+        f"MovieLens' release names {', '.join(RELEASE_NAMES)} name {', '.join(RELEASE_NAMES.values())}",
     )
     parser.add_argument(
         "--local_dir",
@@ -209,46 +240,57 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error(f"--dataset_name must be a plain folder name, got {args.dataset_name!r}")
     if not args.dataset and args.local_dir is None:
         args.dataset = list(PAPER_DATASETS)
+    args.dataset = list(dict.fromkeys(RELEASE_NAMES.get(name, name) for name in args.dataset))
+    args.text_fields = (
+        [field.strip() for field in args.text_fields.split(",") if field.strip()] if args.text_fields else None
+    )
     return args
 
 
-def embed_unless_none(
-    args: argparse.Namespace, name: str, recipe: str, fields: Optional[List[str]]
-) -> None:
-    """Runs :func:`prepare_text_embeddings` for a prepared dataset unless the encoder is ``none``."""
-    if args.text_embedding_model != "none":
-        prepare_text_embeddings(
-            args.output_root / name, recipe, fields, args.text_embedding_model,
-            args.output_root / "text_cache", args.force,
-        )
+def _command(args: argparse.Namespace, dataset: List[str]) -> str:
+    """The command line that prepares one dataset as ``args`` do, for its manifest."""
+    words = ["python3", "preprocess_public_data.py", *dataset]
+    if args.output_root != Path("tmp"):
+        words += ["--output_root", str(args.output_root)]
+    return shlex.join(words)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Runs the command line; returns the exit status (2 for bad input)."""
+    """Runs the command line; bad input raises a UserError (one line under :func:`run_command`)."""
+    configure_logging()
     args = parse_args(argv)
+    if args.text_embedding_model != "none":
+        check_text_encoder_name(args.text_embedding_model)  # before any data is read
     raw_dir = args.raw_dir if args.raw_dir is not None else args.output_root / "raw"
-    try:
-        for name in args.dataset:
-            public = PUBLIC_DATASETS[name]
-            num_items = prepare_dataset(
-                name, partial(public.load, raw_dir), args.output_root, args.force,
-                public.text_recipe, timestamp_unit=public.timestamp_unit,
+    prepared: List[Tuple[str, List[str]]] = []
+    for name in args.dataset:
+        public = PUBLIC_DATASETS[name]
+        raw = ["--raw_dir", str(args.raw_dir)] if args.raw_dir is not None else []
+        texts, num_items = prepare_dataset(
+            name, partial(public.load, raw_dir), args.output_root, args.force, public.text_recipe,
+            _command(args, ["--dataset", name, *raw]), timestamp_unit=public.timestamp_unit,
+            to_embed=args.text_embedding_model != "none",
+        )
+        if num_items is not None:
+            warn_on_item_count(name, num_items, public.expected_num_items, public.item_count_note)
+        prepared.append((name, texts))
+    if args.local_dir is not None:
+        fields = ["--text_fields", ",".join(args.text_fields)] if args.text_fields else []
+        texts, _ = prepare_dataset(
+            args.dataset_name, partial(load_local_dataset, args.local_dir), args.output_root,
+            args.force, "local",
+            _command(args, ["--local_dir", str(args.local_dir), "--dataset_name", args.dataset_name, *fields]),
+            args.text_fields, to_embed=args.text_embedding_model != "none",
+        )
+        prepared.append((args.dataset_name, texts))
+    if args.text_embedding_model != "none":
+        for name, texts in prepared:
+            prepare_text_embeddings(
+                args.output_root / name, texts, args.text_embedding_model,
+                args.output_root / "text_cache", args.force,
             )
-            if num_items is not None:
-                warn_on_item_count(name, num_items, public.expected_num_items, public.item_count_note)
-            embed_unless_none(args, name, public.text_recipe, None)
-        if args.local_dir is not None:
-            fields = args.text_fields.split(",") if args.text_fields else None
-            prepare_dataset(
-                args.dataset_name, partial(load_local_dataset, args.local_dir), args.output_root,
-                args.force, "local", fields,
-            )
-            embed_unless_none(args, args.dataset_name, "local", fields)
-    except (ValueError, DownloadError, TextEncodingError, OSError) as e:  # bad input or setup: one line
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command("preprocess_public_data.py", main)

@@ -70,14 +70,14 @@ from generative_recommenders.trainer.train import train_step, warmup_factor  # n
 
 REPO = Path(__file__).resolve().parents[1]
 PATHS = ("reference", "optimized", "bucketed", "compiled", "bf16")
-# (dataset folder, config) per real case; the ml-100k configs read the shared copy "ml100k".
+# (dataset folder, config) per real case.
 REAL_CASES = {
     "amzn14_office-sasrec": ("amzn14_office", "configs/amzn14_office/sasrec-sampled-softmax-n512-final.gin"),
     "amzn14_office-hstu": ("amzn14_office", "configs/amzn14_office/hstu-sampled-softmax-n512-final.gin"),
     "amzn14_office-hstu-text": ("amzn14_office", "configs/amzn14_office/hstu-sampled-softmax-n512-minilm.gin"),
-    "ml100k-sasrec": ("ml100k", "configs/ml-100k/sasrec-sampled-softmax-n128-final.gin"),
-    "ml100k-hstu": ("ml100k", "configs/ml-100k/hstu-sampled-softmax-n128-final.gin"),
-    "ml100k-hstu-text": ("ml100k", "configs/ml-100k/hstu-sampled-softmax-n128-minilm.gin"),
+    "ml100k-sasrec": ("ml100k", "configs/ml100k/sasrec-sampled-softmax-n128-final.gin"),
+    "ml100k-hstu": ("ml100k", "configs/ml100k/hstu-sampled-softmax-n128-final.gin"),
+    "ml100k-hstu-text": ("ml100k", "configs/ml100k/hstu-sampled-softmax-n128-minilm.gin"),
 }
 SYNTHETIC_BINDINGS = [
     'train_fn.main_module = "HSTU"',

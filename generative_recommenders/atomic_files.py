@@ -34,18 +34,26 @@ def atomic_path(path: os.PathLike) -> Iterator[Path]:
     """Yields a temp path in ``path``'s folder to write; renames it to ``path`` on success.
 
     On any exception the temp file is removed and ``path`` is left as it was.
+    A failed file operation (a full disk, a read-only folder) raises its
+    OSError naming ``path`` (or the folder that cannot hold it), not the temp file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        error.filename = str(path.parent)
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _file_mode())  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename in (None, tmp):
+            error.filename = str(path)
         raise
 
 

@@ -15,9 +15,11 @@ mean over the HSTU and over the SASRec row (plain ids, no text); the best
 mean of each column is marked.
 
 Besides printing, it writes ``comparison.md``, ``comparison.csv``,
-``comparison_metrics.png`` (the metrics per variant and dataset) and
-``comparison_curves.png`` (validation NDCG@10 over epochs) to
-``--output_dir`` (default: the folder holding all the runs).
+``comparison_metrics.png`` (a panel per metric and table, each on its own
+scale) and ``comparison_curves.png`` (validation NDCG@10 over epochs), the
+figures also as ``.svg``, to ``--output_dir`` (default: the folder holding all
+the runs). A variant keeps one colour in every panel; error bars and bands
+are ± one sample standard deviation over the row's seeds, absent for one seed.
 """
 
 from __future__ import annotations
@@ -356,59 +358,105 @@ def to_frame(tables: Sequence[Table]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _figure(num_panels: int, width: float) -> Tuple[Figure, List[Any]]:
-    figure = Figure(figsize=(width, 3.6 * num_panels), layout="constrained")
-    return figure, list(figure.subplots(num_panels, 1, squeeze=False)[:, 0])
+FIGURE_FORMATS = (".png", ".svg")
+_METRIC_NAMES = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR"}
+
+
+def metric_label(metric: str) -> str:
+    """``ndcg@10`` -> ``NDCG@10``."""
+    name, _, k = metric.partition("@")
+    return _METRIC_NAMES.get(name, name.upper()) + (f"@{k}" if k else "")
+
+
+def variant_colours(tables: Sequence[Table]) -> Dict[str, Any]:
+    """One colour per variant label, the same in every panel of every figure."""
+    from matplotlib import colormaps
+
+    labels = list(dict.fromkeys(row.label for table in tables for row in table.rows))
+    palette = colormaps["tab10"].colors
+    return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+
+
+def _legend_label(row: Row) -> str:
+    return f"{row.label} ({len(row.runs)} seed{'s' if len(row.runs) > 1 else ''})"
+
+
+def _spread_note(table: Table, what: str) -> str:
+    seeds = sorted({len(row.runs) for row in table.rows})
+    if seeds == [1]:
+        return "one seed each: no " + what
+    counts = "/".join(str(n) for n in seeds if n > 1)
+    return f"{what}: ± sample std over {counts} seeds" + (", none for a single seed" if 1 in seeds else "")
 
 
 def plot_metrics(tables: Sequence[Table], path: Path) -> None:
-    """Grouped bars: the reported metrics of each variant, one panel per table, std as error bars."""
-    figure, axes = _figure(len(tables), 10)
-    x = np.arange(len(COLUMNS))
-    for ax, table in zip(axes, tables):
-        width = 0.8 / len(table.rows)
-        for i, row in enumerate(table.rows):
-            errors = [0.0 if np.isnan(row.std[m]) else row.std[m] for m in COLUMNS]
-            ax.bar(x + (i - (len(table.rows) - 1) / 2) * width, [row.mean[m] for m in COLUMNS], width,
-                   yerr=errors, capsize=2, label=row.label)
-        ax.set_xticks(x, [c.upper() for c in COLUMNS])
-        ax.set_title(f"{table.dataset['name']}, {table.protocol} protocol", fontsize=10)
-        ax.legend(fontsize=8)
-    _save_atomically(figure, path)
+    """Bars of each variant's reported metrics: a row of panels per table, one panel per metric.
+
+    Each panel has its own y scale, so that NDCG@10 and MRR read as well as
+    HR@200; error bars are the seeds' sample std, absent for one seed.
+    """
+    colours = variant_colours(tables)
+    figure = Figure(figsize=(2.2 * len(COLUMNS) + 2.4, 3.2 * len(tables)), layout="constrained")
+    for table, panel in zip(tables, figure.subfigures(len(tables), 1, squeeze=False)[:, 0]):
+        for ax, metric in zip(panel.subplots(1, len(COLUMNS)), COLUMNS):
+            for i, row in enumerate(table.rows):
+                spread = None if len(row.runs) == 1 else row.std[metric]
+                ax.bar(i, row.mean[metric], 0.8, yerr=spread, capsize=3, color=colours[row.label],
+                       label=_legend_label(row))
+            ax.set_title(metric_label(metric), fontsize=10)
+            ax.set_xticks([])
+            ax.set_ylabel(f"test {metric_label(metric)}", fontsize=8)
+            ax.tick_params(axis="y", labelsize=8)
+            ax.margins(y=0.1)
+        panel.suptitle(
+            f"{table.dataset['name']}, {table.protocol} protocol ({_spread_note(table, 'error bars')})",
+            fontsize=10, weight="bold",
+        )
+        panel.legend(*ax.get_legend_handles_labels(), loc="outside right center", fontsize=8, frameon=False)
+    _save_figure(figure, path)
 
 
 def plot_curves(tables: Sequence[Table], path: Path, metric: str = CURVE_METRIC) -> None:
-    """The metric over epochs on the split evaluated during training (mean ± std over seeds)."""
-    figure, axes = _figure(len(tables), 8)
-    for ax, table in zip(axes, tables):
+    """The metric over epochs on the split evaluated during training (mean, ± std band over seeds)."""
+    colours = variant_colours(tables)
+    figure = Figure(figsize=(8, 3.6 * len(tables)), layout="constrained")
+    for ax, table in zip(figure.subplots(len(tables), 1, squeeze=False)[:, 0], tables):
         for row in table.rows:
             points = pd.DataFrame(
                 [point for run in row.runs for point in run.curve(table.eval_split, metric)],
                 columns=["epoch", "value"],
             )
-            stats = points.groupby("epoch")["value"].agg(["mean", "std"]).fillna(0.0)
-            ax.plot(stats.index, stats["mean"], marker=".", label=row.label)
-            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
+            stats = points.groupby("epoch")["value"].agg(["mean", "std"])
+            colour = colours[row.label]
+            ax.plot(stats.index, stats["mean"], marker=".", color=colour, label=_legend_label(row))
+            if len(row.runs) > 1:
+                ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                                color=colour, alpha=0.2, linewidth=0)
         split = "validation" if table.protocol == "validated" else "test (reference protocol: no validation split)"
-        ax.set_title(f"{table.dataset['name']}: {split} {metric.upper()}", fontsize=10)
+        ax.set_title(f"{table.dataset['name']}: {split} {metric_label(metric)} ({_spread_note(table, 'bands')})",
+                     fontsize=10)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{'validation' if table.protocol == 'validated' else 'test'} {metric_label(metric)}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
-    _save_atomically(figure, path)
+    _save_figure(figure, path)
 
 
-def _save_atomically(figure: Figure, path: Path) -> None:
-    with atomic_path(path) as partial:
-        figure.savefig(partial, dpi=100, format=path.suffix[1:])
+def _save_figure(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=150, format=path.suffix[1:])
 
 
 def write_outputs(tables: Sequence[Table], output_dir: Path) -> List[Path]:
+    """Writes the tables (.md, .csv) and the figures (each as .png and .svg); returns the paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = [output_dir / f"comparison{suffix}" for suffix in (".md", ".csv", "_metrics.png", "_curves.png")]
+    paths = [output_dir / "comparison.md", output_dir / "comparison.csv"]
     atomic_write_text(paths[0], format_markdown(tables))
     atomic_write_text(paths[1], to_frame(tables).to_csv(index=False))
-    plot_metrics(tables, paths[2])
-    plot_curves(tables, paths[3])
+    for name, plot in (("comparison_metrics", plot_metrics), ("comparison_curves", plot_curves)):
+        for suffix in FIGURE_FORMATS:
+            paths.append(output_dir / f"{name}{suffix}")
+            plot(tables, paths[-1])
     return paths
 
 

@@ -20,9 +20,9 @@ from generative_recommenders import compare
 from generative_recommenders.trainer.train import train_config_file
 
 CONFIGS = (
-    "configs/ml-100k/sasrec-sampled-softmax-n128-final.gin",
-    "configs/ml-100k/hstu-sampled-softmax-n128-final.gin",
-    "configs/ml-100k/hstu-sampled-softmax-n128-minilm.gin",
+    "configs/ml100k/sasrec-sampled-softmax-n128-final.gin",
+    "configs/ml100k/hstu-sampled-softmax-n128-final.gin",
+    "configs/ml100k/hstu-sampled-softmax-n128-minilm.gin",
 )
 
 

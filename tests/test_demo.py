@@ -19,7 +19,7 @@ class _MiniLMStandIn(_HashEncoder):
 def _tiny_movielens(root):
     rng = np.random.default_rng(1)
     rows = [(f"u{u}", f"m{int(rng.integers(30))}", 4.0, 100 * step) for u in range(48) for step in range(8)]
-    data_dir = root / "ml-100k"
+    data_dir = root / "ml100k"
     write_sequence_dataset(data_dir, pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]))
     texts = [f"movie {name}" for name in json.loads((data_dir / "data_maps.json").read_text())["id2item"]]
     write_item_texts(data_dir, texts)
@@ -34,12 +34,12 @@ def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys
     finally:
         gin.clear_config()
     out = capsys.readouterr().out
-    table = out[out.index("== ml-100k"):].splitlines()
+    table = out[out.index("== ml100k"):].splitlines()
     rows = [line for line in table if line and not line.startswith(("==", "(", " ", "wrote "))]
     assert [line.split("  ")[0] for line in rows] == ["model", "SASRec", "HSTU", "HSTU + minilm"]
 
     def best_test_metrics(config):
-        path = tmp_path / "exps" / "ml-100k" / f"demo-{config}-s7" / "results.json"
+        path = tmp_path / "exps" / "ml100k" / f"demo-{config}-s7" / "results.json"
         return json.loads(path.read_text())["best"]["test"]
 
     sasrec = best_test_metrics("sasrec-sampled-softmax-n128-final")
@@ -52,4 +52,4 @@ def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys
         f"{100 * (text['hr@10'] / hstu['hr@10'] - 1):+.1f}%", "/", f"{100 * (text['hr@10'] / sasrec['hr@10'] - 1):+.1f}%"
     ]
     for name in ("comparison.md", "comparison.csv", "comparison_metrics.png", "comparison_curves.png"):
-        assert (tmp_path / "exps" / "ml-100k" / name).stat().st_size > 0
+        assert (tmp_path / "exps" / "ml100k" / name).stat().st_size > 0

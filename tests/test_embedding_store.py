@@ -3,9 +3,11 @@ import re
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+import pandas as pd
 import pytest
 import torch
 
+from generative_recommenders.data.sequence_format import write_sequence_dataset
 from generative_recommenders.text.embedding_store import (
     EmbeddingFileError,
     compute_item_text_embeddings,
@@ -229,10 +231,18 @@ def test_load_refuses_missing_or_garbled_sidecar(stored: Path) -> None:
 
 
 def test_load_missing_file_says_how_to_compute_it(tmp_path: Path) -> None:
-    with pytest.raises(
-        EmbeddingFileError,
-        match=re.escape(
-            "python3 preprocess_public_data.py --dataset toy --text_embedding_model fake"
-        ),
-    ):
+    # A folder without a manifest: the commands for a public dataset and for a local folder.
+    with pytest.raises(EmbeddingFileError) as error:
         load(tmp_path / "toy")
+    assert str(error.value).endswith(
+        f"compute the item text embeddings with python3 preprocess_public_data.py --dataset toy "
+        f"--output_root {tmp_path} --text_embedding_model fake, or for your own data --local_dir DIR "
+        f"--dataset_name toy --output_root {tmp_path} --text_embedding_model fake"
+    )
+    # A prepared local dataset: the command that prepared it, which argparse accepts.
+    command = "python3 preprocess_public_data.py --local_dir data/shop --dataset_name shop"
+    interactions = pd.DataFrame({"user_id": ["u"] * 2, "item_id": ["a", "b"], "rating": 1.0, "timestamp": [1, 2]})
+    write_sequence_dataset(tmp_path / "shop", interactions, prepare_command=command)
+    with pytest.raises(EmbeddingFileError) as error:
+        load(tmp_path / "shop")
+    assert str(error.value).endswith(f"with {command} --text_embedding_model fake")

@@ -7,7 +7,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import tiktoken
@@ -17,6 +17,7 @@ from generative_recommenders.text.encoders import (
     OpenAIEncoder,
     TextEncoderUnavailable,
     TextEncodingError,
+    check_text_encoder_name,
     get_text_encoder,
 )
 
@@ -186,6 +187,7 @@ class FakeEmbeddingsServer:
         self.requests: List[Dict] = []
         self.statuses: List[int] = []
         self.drop_one_embedding = False
+        self.raw_answer: Optional[Tuple[str, bytes]] = None  # (content type, body) instead of embeddings
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -193,6 +195,14 @@ class FakeEmbeddingsServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
                 status = server.statuses.pop(0) if server.statuses else 200
+                if server.raw_answer is not None:
+                    content_type, encoded = server.raw_answer
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(encoded)))
+                    self.end_headers()
+                    self.wfile.write(encoded)
+                    return
                 if status == 200:
                     data = [
                         {"object": "embedding", "index": i, "embedding": fake_embedding(text)}
@@ -304,6 +314,41 @@ def test_response_missing_an_embedding_is_an_error(server, sleeps):
     server.drop_one_embedding = True
     with pytest.raises(TextEncodingError, match="one 768-d embedding per input.*0 of 2 texts"):
         make_encoder(server.base_url, sleeps).encode(["hello", "world"])
+
+
+@pytest.mark.parametrize(
+    "content_type, body, problem",
+    [
+        ("text/html", b"<html>\n<body>Sign in</body></html>", "(text/html) with a body that is not JSON: '<html> <body>Sign in</body></html>'"),
+        ("application/json", b"{not json", "(application/json) with a body that is not JSON: '{not json'"),
+        ("application/json", b'{"object": "list", "model": "m"}', "(application/json) with JSON that holds no 'data' list (it holds: object, model)"),
+        ("application/json", b"[1, 2]", "with JSON that holds no 'data' list (it holds: list)"),
+    ],
+)
+def test_an_endpoint_answering_something_else_is_one_line_naming_it(server, sleeps, content_type, body, problem):
+    server.raw_answer = (content_type, body)
+    with pytest.raises(TextEncodingError) as info:
+        make_encoder(server.base_url, sleeps).encode(["hello"])
+    message = str(info.value)
+    assert message.startswith(f"{server.base_url}/embeddings answered status 200 ")
+    assert problem in message and message.endswith("0 of 1 texts had been embedded before it.")
+    assert "\n" not in message and sleeps == []
+
+
+def test_an_html_error_page_names_the_endpoint_and_status(server, sleeps):
+    server.raw_answer = ("text/html", b"<html>Bad gateway</html>")
+    server.statuses = [502] * 6
+    with pytest.raises(TextEncodingError) as info:
+        make_encoder(server.base_url, sleeps).encode(["hello"])
+    assert f"request to {server.base_url}/embeddings failed 6 times (last: 502" in str(info.value)
+
+
+def test_unknown_encoder_names_are_refused_without_loading_anything():
+    for name in ("minilm", "openai", "blair", "blair-large", "hf:/models/gre"):
+        check_text_encoder_name(name)
+    for name in ("minilml", "hf:", "BLaIR"):
+        with pytest.raises(TextEncodingError, match=f"Unknown text encoder '{name}'; choose minilm, blair, blair-large, openai, hf:<name-or-path>"):
+            check_text_encoder_name(name)
 
 
 def test_connection_errors_are_retried_then_reported(sleeps):

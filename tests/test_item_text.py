@@ -154,13 +154,30 @@ def test_local_fields_selection() -> None:
         local_item_text(LOCAL_RECORD, fields=["meta"])
 
 
-def test_item_texts_fall_back_to_item_id() -> None:
+def test_item_texts_fall_back_to_item_id_and_say_how_many(caplog) -> None:
     records = [{"item_id": "A", "title": ""}, {"item_id": 7, "features": []}, AMAZON_RECORD]
     texts = item_texts(records, "amazon")
     assert texts[:2] == ["A", "7"]
     assert texts[2] == amazon_item_text(AMAZON_RECORD)
     assert count_empty_texts(records, "amazon") == 2
-    assert item_texts([{"item_id": "i2", "x": "  "}], "local") == ["i2"]
+    assert "2 of 3 items have an empty text (the first: item_id 'A')" in caplog.text
+
+
+def test_all_empty_texts_are_an_error_naming_the_fields() -> None:
+    records = [{"item_id": "i1", "x": "  ", "n": 3}, {"item_id": "i2", "x": ""}]
+    with pytest.raises(DatasetFormatError, match="every item's text is empty with fields x: .*fields are x, n"):
+        item_texts(records, "local", fields=["x"])
+
+
+def test_text_fields_no_item_has_are_an_error_listing_the_fields() -> None:
+    records = [{"item_id": "i1", "title": "Mug"}, {"item_id": "i2", "title": "Cup", "brand": "B"}]
+    with pytest.raises(DatasetFormatError) as error:
+        item_texts(records, "local", fields=["titel", "brand"])
+    assert str(error.value) == (
+        "no item has the text field(s) 'titel' (--text_fields); the items' fields are title, brand"
+    )
+    # A field some items lack is fine: they get the others.
+    assert item_texts(records, "local", fields=["brand", "title"]) == ["Mug", "B Cup"]
 
 
 def test_item_texts_local_fields_and_bad_arguments() -> None:
@@ -171,7 +188,7 @@ def test_item_texts_local_fields_and_bad_arguments() -> None:
     with pytest.raises(ValueError, match="'local' recipe only"):
         item_texts([AMAZON_RECORD], "amazon", fields=["title"])
     with pytest.raises(ValueError, match="no item_id"):
-        item_texts([{"title": ""}], "amazon")
+        item_texts([{"title": ""}, AMAZON_RECORD], "amazon")
 
 
 def test_read_item_metadata_round_trip(tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ import torch
 
 import preprocess_public_data
 from generative_recommenders.data import amazon2023, steam
-from generative_recommenders.data.download import DownloadError, download, fetch_raw_file
+from generative_recommenders.data.download import DownloadError, RawFile, download, fetch_raw_files
+from generative_recommenders.errors import run_command
 from generative_recommenders.data.sequence_format import DatasetFormatError, load_sequence_dataset
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
 
@@ -69,7 +70,16 @@ def raw_dir(tmp_path: Path) -> Path:
 def prepare(out_root: Path, raw: Path, *datasets: str, model: str = "none") -> int:
     args = [arg for name in datasets for arg in ("--dataset", name)]
     args += ["--raw_dir", str(raw), "--output_root", str(out_root), "--text_embedding_model", model]
-    return preprocess_public_data.main(args)
+    with pytest.raises(SystemExit) as exit_:
+        run_command("preprocess_public_data.py", preprocess_public_data.main, args)
+    return exit_.value.code
+
+
+def one_error_line(capsys) -> str:
+    """The script's error message on stderr (after any progress bars), checked to hold no traceback."""
+    stderr = capsys.readouterr().err
+    assert "preprocess_public_data.py: " in stderr and "Traceback" not in stderr
+    return stderr[stderr.index("preprocess_public_data.py: "):]
 
 
 def read_json(path: Path):
@@ -313,7 +323,7 @@ def test_rerun_without_changes_does_no_work(raw_dir: Path, tmp_path: Path, capsy
     out_root = tmp_path / "out"
     assert prepare(out_root, raw_dir, "amzn23_game", "steam") == 0
     files = output_files(out_root)
-    assert len(files) == 8
+    assert len(files) == 10  # five per dataset, its manifest included
     for path in files:
         os.utime(path, (0, 0))
     for path in raw_dir.iterdir():  # a rerun must neither read nor download raw files
@@ -341,6 +351,7 @@ class FakeEncoder:
 
 def test_embeddings_of_the_item_texts_and_no_work_on_rerun(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(preprocess_public_data, "get_text_encoder", lambda name: FakeEncoder())
+    monkeypatch.setattr(preprocess_public_data, "check_text_encoder_name", lambda name: None)
     assert prepare(tmp_path, FIXTURES, "steam", model="fake") == 0
     texts = read_json(tmp_path / "steam" / "item_texts.json")
     table = load_dataset_text_embeddings(tmp_path / "steam", "fake", 6)
@@ -367,46 +378,62 @@ def test_truncated_raw_file_is_a_clear_error_without_outputs(
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
     out_root = tmp_path / "out"
-    assert prepare(out_root, raw_dir, dataset) == 2
-    stderr = capsys.readouterr().err
-    assert f"error: {path}: truncated or corrupt gzip file" in stderr and "Traceback" not in stderr
+    assert prepare(out_root, raw_dir, dataset) == 1
+    assert f"preprocess_public_data.py: {path}: truncated or corrupt gzip file" in one_error_line(capsys)
     assert not (out_root / dataset).exists()
 
 
-@pytest.mark.parametrize("dataset, file_name", [(d, f) for d, files in DATASET_FILES.items() for f in files])
-def test_missing_raw_file_is_a_clear_error_without_outputs(
-    raw_dir: Path, tmp_path: Path, capsys, dataset: str, file_name: str
+SIZES = {
+    "Video_Games.csv.gz": "about 25 MB",
+    "meta_Video_Games.jsonl.gz": "about 100 MB",
+    "steam_reviews.json.gz": "about 1.3 GB",
+    "steam_games.json.gz": "about 3 MB",
+}
+
+
+@pytest.mark.parametrize("dataset, missing", [(d, [f]) for d, files in DATASET_FILES.items() for f in files] + [(d, list(files)) for d, files in DATASET_FILES.items()])
+def test_missing_raw_files_are_listed_together_without_outputs(
+    raw_dir: Path, tmp_path: Path, capsys, dataset: str, missing: List[str]
 ) -> None:
-    (raw_dir / file_name).unlink()
+    for name in missing:
+        (raw_dir / name).unlink()
     left = sorted(p.name for p in raw_dir.iterdir())
     out_root = tmp_path / "out"
-    assert prepare(out_root, raw_dir, dataset) == 2
-    stderr = capsys.readouterr().err
-    assert f"could not download {OFFLINE}/{file_name}" in stderr
-    assert f"place it at {raw_dir / file_name}" in stderr and "--raw_dir" in stderr
+    assert prepare(out_root, raw_dir, dataset) == 1
+    lines = one_error_line(capsys).splitlines()
+    assert lines[0] == (
+        f"preprocess_public_data.py: {dataset} needs 2 raw file(s); {len(missing)} of them are not in "
+        f"{raw_dir} and could not be downloaded: fetch them by hand and put them there (or pass a folder "
+        f"holding them with --raw_dir), then rerun:"
+    )
+    listed = [line.strip().split(" ")[0] for line in lines[1:]]
+    assert listed == missing  # every missing file, each once, and no file that is there
+    for name, line in zip(missing, lines[1:]):
+        assert f"{name} ({SIZES[name]}) from {OFFLINE}/{name}" in line and "Connection refused" in line
     assert not (out_root / dataset).exists()
     assert sorted(p.name for p in raw_dir.iterdir()) == left
 
 
-def test_missing_metadata_names_every_mirror(raw_dir: Path, tmp_path: Path, capsys) -> None:
+def test_missing_metadata_names_every_mirror_with_its_size(raw_dir: Path, tmp_path: Path, capsys) -> None:
     (raw_dir / "meta_Video_Games.jsonl.gz").unlink()
-    assert prepare(tmp_path / "out", raw_dir, "amzn23_game") == 2
-    stderr = capsys.readouterr().err
-    assert "no mirror could be downloaded" in stderr
-    assert f"{OFFLINE}/meta_Video_Games.jsonl.gz" in stderr and f"{OFFLINE}/mirror/meta_Video_Games.jsonl" in stderr
+    assert prepare(tmp_path / "out", raw_dir, "amzn23_game") == 1
+    assert one_error_line(capsys).splitlines()[1].startswith(
+        f"  meta_Video_Games.jsonl.gz (about 100 MB) from {OFFLINE}/meta_Video_Games.jsonl.gz "
+        f"or meta_Video_Games.jsonl (about 400 MB) from {OFFLINE}/mirror/meta_Video_Games.jsonl ["
+    )
 
 
-def test_fetch_raw_file_falls_back_to_the_next_mirror(tmp_path: Path) -> None:
+def test_fetch_raw_files_falls_back_to_the_next_mirror(tmp_path: Path) -> None:
     source = tmp_path / "source" / "meta_X.jsonl"
     source.parent.mkdir()
     source.write_text('{"parent_asin": "A"}\n')
     raw = tmp_path / "raw"
-    urls = [f"{OFFLINE}/meta_X.jsonl.gz", source.as_uri()]
-    assert fetch_raw_file(urls, raw) == raw / "meta_X.jsonl"
+    files = [RawFile((f"{OFFLINE}/meta_X.jsonl.gz", source.as_uri()), ("1 GB", "4 GB"))]
+    assert fetch_raw_files("x", files, raw) == [raw / "meta_X.jsonl"]
     assert (raw / "meta_X.jsonl").read_text() == source.read_text()
     # A file already there is used as it is, whichever mirror it came from.
     source.unlink()
-    assert fetch_raw_file(urls, raw) == raw / "meta_X.jsonl"
+    assert fetch_raw_files("x", files, raw) == [raw / "meta_X.jsonl"]
 
 
 def test_default_run_is_the_papers_four_datasets() -> None:
@@ -415,7 +442,9 @@ def test_default_run_is_the_papers_four_datasets() -> None:
     ]
     local = preprocess_public_data.parse_args(["--local_dir", "x", "--dataset_name", "y"])
     assert local.dataset == []
-    assert preprocess_public_data.parse_args(["--dataset", "ml-100k"]).dataset == ["ml-100k"]
+    # GroupLens' names name the datasets of the same data, each once.
+    assert preprocess_public_data.parse_args(["--dataset", "ml-100k", "--dataset", "ml100k"]).dataset == ["ml100k"]
+    assert preprocess_public_data.parse_args(["--dataset", "ml-1m"]).dataset == ["ml1m"]
 
 
 def test_item_count_warning_only_on_a_mismatch(capsys) -> None:

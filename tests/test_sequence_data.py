@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from generative_recommenders.data.sequence_format import (
     load_sequence_dataset,
     write_sequence_dataset,
 )
+from generative_recommenders.text.embedding_store import read_item_texts, write_item_texts
 
 
 @pytest.fixture
@@ -117,3 +119,124 @@ def test_writer_rejects_empty_and_missing_values(tmp_path):
     with pytest.raises(DatasetFormatError, match="missing ratings"):
         write_sequence_dataset(tmp_path / "n", nan)
     assert not (tmp_path / "e").exists() and not (tmp_path / "n").exists()
+
+
+# --- the manifest: prepared data checks itself -------------------------------------------------
+
+
+def _prepared(tmp_path):
+    df = pd.DataFrame(
+        {
+            "user_id": ["u1"] * 5 + ["u2"] * 3,
+            "item_id": ["a", "b", "c", "d", "e", "c", "b", "a"],
+            "rating": [5, 4, 3, 2, 1, 3, 3, 3],
+            "timestamp": [10, 20, 30, 40, 50, 7, 9, 9],
+        }
+    )
+    folder = tmp_path / "small"
+    write_sequence_dataset(folder, df, prepare_command="python3 preprocess_public_data.py --dataset small")
+    return folder
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_the_manifest_records_counts_sizes_and_checksums(tmp_path):
+    folder = _prepared(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {k: manifest[k] for k in ("num_users", "num_items", "num_interactions")} == {
+        "num_users": 2, "num_items": 5, "num_interactions": 8
+    }
+    assert manifest["prepare_command"] == "python3 preprocess_public_data.py --dataset small"
+    for name in ("sasrec_format.csv", "data_maps.json"):
+        data = (folder / name).read_bytes()
+        assert manifest["files"][name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert sorted(p.name for p in folder.iterdir()) == ["data_maps.json", "manifest.json", "sasrec_format.csv"]
+
+
+def test_a_sequence_file_cut_at_a_line_end_is_refused_with_the_numbers(tmp_path):
+    folder = _prepared(tmp_path)
+    seq = folder / "sasrec_format.csv"
+    seq.write_text("".join(seq.read_text().splitlines(keepends=True)[:2]))
+    before = _snapshot(folder)
+    with pytest.raises(DatasetFormatError) as error:
+        load_sequence_dataset(folder)
+    assert str(error.value) == (
+        f"{seq}: holds 1 users, 5 interactions where data_maps.json records 2 users, 8 interactions: "
+        "the file is cut short or was changed; prepare the dataset again: "
+        "python3 preprocess_public_data.py --dataset small"
+    )
+    assert _snapshot(folder) == before  # nothing written or removed
+
+
+def test_counts_that_disagree_with_the_maps_or_the_manifest_are_refused(tmp_path):
+    folder = _prepared(tmp_path)
+    maps_path = folder / "data_maps.json"
+    maps = json.loads(maps_path.read_text())
+    for count, value, id_map, listed in (("num_items", 4, "id2item", 5), ("num_users", 3, "id2user", 2)):
+        maps_path.write_text(json.dumps({**maps, count: value}))
+        with pytest.raises(DatasetFormatError, match=f"^{maps_path}: {count} is {value} but {id_map} lists {listed};"):
+            load_sequence_dataset(folder)
+    # Another dataset's consistent files in this folder: the manifest's counts tell.
+    other = write_sequence_dataset(tmp_path / "other", pd.DataFrame(
+        {"user_id": ["x", "x", "y", "y"], "item_id": ["a", "b", "a", "b"], "rating": 1.0, "timestamp": [1, 2, 1, 2]}
+    ))
+    for name in ("sasrec_format.csv", "data_maps.json"):
+        (folder / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    assert other.num_interactions == 4
+    with pytest.raises(DatasetFormatError, match="holds 4 interactions where manifest.json records 8 interactions"):
+        load_sequence_dataset(folder)
+
+
+def test_a_changed_file_with_the_same_counts_is_refused_by_its_checksum(tmp_path):
+    folder = _prepared(tmp_path)
+    seq = folder / "sasrec_format.csv"
+    recorded = hashlib.sha256(seq.read_bytes()).hexdigest()
+    seq.write_text(seq.read_text().replace('"5,4,3,2,1"', '"5,4,3,2,2"'))
+    now = hashlib.sha256(seq.read_bytes()).hexdigest()
+    size = seq.stat().st_size
+    with pytest.raises(DatasetFormatError) as error:
+        load_sequence_dataset(folder)
+    assert str(error.value).startswith(
+        f"{seq}: changed since it was prepared ({size} bytes, sha256 {now[:12]}... where manifest.json "
+        f"records {size} bytes, sha256 {recorded[:12]}...); prepare the dataset again:"
+    )
+
+
+def test_binary_sequence_files_name_the_file_and_line(tmp_path):
+    folder = _prepared(tmp_path)
+    seq = folder / "sasrec_format.csv"
+    header = b"user_id,sequence_item_ids,sequence_ratings,sequence_timestamps\n"
+    seq.write_bytes(header + b'0,"0,1","5,4","1,2"\n\x89PNG\r\n\x1a\n\xff\xd8')
+    with pytest.raises(DatasetFormatError, match=f"^{seq}, line 3: not UTF-8 text \\(byte 0x89\\)"):
+        load_sequence_dataset(folder)
+    seq.write_bytes(header + b"0,\x00\x00\x00\n")
+    with pytest.raises(DatasetFormatError, match=f"^{seq}, line 2: expected 4 fields, got 2"):
+        load_sequence_dataset(folder)
+
+
+def test_a_folder_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
+    folder = _prepared(tmp_path)
+    (folder / "manifest.json").unlink()
+    assert load_sequence_dataset(folder).num_users == 2
+    assert (
+        f"warning: {folder} has no manifest.json (prepared by an earlier version), so its files are not "
+        f"verified; prepare it again to add one: python3 preprocess_public_data.py --dataset small "
+        f"--output_root {tmp_path}, or for your own data --local_dir DIR --dataset_name small "
+        f"--output_root {tmp_path}"
+    ) in caplog.text
+
+
+def test_files_written_before_the_current_sequences_are_refused(tmp_path):
+    folder = _prepared(tmp_path)
+    write_item_texts(folder, ["a", "b", "c", "d", "e"])
+    assert read_item_texts(folder) == ["a", "b", "c", "d", "e"]
+    assert "item_texts.json" in json.loads((folder / "manifest.json").read_text())["files"]
+    (folder / "item_texts.json").write_text(json.dumps(["A", "b", "c", "d", "e"]))
+    with pytest.raises(DatasetFormatError, match="item_texts.json: changed since it was prepared"):
+        read_item_texts(folder)
+    # New sequences start a new manifest: the older item texts no longer count as checked.
+    _prepared(tmp_path)
+    with pytest.raises(DatasetFormatError, match="item_texts.json: not recorded in manifest.json"):
+        read_item_texts(folder)

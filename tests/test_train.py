@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from generative_recommenders.data.sequence_format import write_sequence_dataset
+from generative_recommenders.text.embedding_store import write_item_texts
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_ITEMS = 40
@@ -165,7 +166,7 @@ class _HashEncoder:
 
 
 def _text_dataset(tmp_path: Path) -> Path:
-    from generative_recommenders.text.embedding_store import compute_item_text_embeddings, write_item_texts
+    from generative_recommenders.text.embedding_store import compute_item_text_embeddings
 
     cyclic_dataset(tmp_path / "data")
     data_dir = tmp_path / "data" / "cyclic"
@@ -200,9 +201,14 @@ def test_stale_text_embeddings_are_refused(tmp_path):
     data_dir = _text_dataset(tmp_path)
     texts = json.loads((data_dir / "item_texts.json").read_text())
     texts[3] = "a new description"
-    (data_dir / "item_texts.json").write_text(json.dumps(texts))
+    write_item_texts(data_dir, texts)  # the texts change, the embeddings are not recomputed
     proc = run_main(tiny_config(tmp_path, "HSTU"), *TEXT_BINDINGS)
     assert proc.returncode != 0 and "item texts changed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Written by hand, the texts no longer match the dataset's manifest.
+    (data_dir / "item_texts.json").write_text(json.dumps(texts[::-1]))
+    proc = run_main(tiny_config(tmp_path, "HSTU"), *TEXT_BINDINGS)
+    assert proc.returncode != 0 and "item_texts.json: changed since it was prepared" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

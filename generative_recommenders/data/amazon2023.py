@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import numpy as np
 import pandas as pd
 
-from generative_recommenders.data.download import fetch_raw_file, open_raw_text
+from generative_recommenders.data.download import RawFile, fetch_raw_files, open_raw_text
 from generative_recommenders.data.local import Items, numeric_column
 from generative_recommenders.data.sequence_format import DatasetFormatError
 
@@ -56,6 +56,13 @@ METADATA_URLS = (
     "https://huggingface.co/datasets/McAuley-Lab/Amazon-Reviews-2023/resolve/main"
     "/raw/meta_categories/meta_{category}.jsonl",
 )
+# Approximate sizes of the raw files (ratings .csv.gz; metadata .jsonl.gz and .jsonl), for a
+# user fetching them by hand.
+RAW_SIZES: Dict[str, Tuple[str, str, str]] = {
+    "Video_Games": ("about 25 MB", "about 100 MB", "about 400 MB"),
+    "Office_Products": ("about 55 MB", "about 250 MB", "about 1.1 GB"),
+    "Musical_Instruments": ("about 15 MB", "about 80 MB", "about 350 MB"),
+}
 RATINGS_HEADER = ["user_id", "parent_asin", "rating", "timestamp"]
 UNUSED_METADATA_FIELDS = ("images", "videos")
 MIN_ITEM_INTERACTIONS = 5
@@ -173,14 +180,22 @@ def reference_item_count(ratings: pd.DataFrame, items: Items) -> int:
     return df["item_id"].nunique()
 
 
+def raw_files(name: str) -> List[RawFile]:
+    """The ratings and metadata files of one category, with their mirrors and sizes."""
+    category = CATEGORIES[name]
+    ratings_size, *metadata_sizes = RAW_SIZES[category]
+    return [
+        RawFile((RATINGS_URL.format(category=category),), (ratings_size,)),
+        RawFile(tuple(url.format(category=category) for url in METADATA_URLS), tuple(metadata_sizes)),
+    ]
+
+
 def load_amazon2023(name: str, raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
     """Fetches (if absent), reads and filters one category; returns ``(interactions, items)``."""
     if name not in CATEGORIES:
         raise ValueError(f"unknown Amazon Reviews 2023 dataset {name!r}; known: {', '.join(CATEGORIES)}")
-    category = CATEGORIES[name]
-    # Both files are fetched before either is read: a missing one fails fast.
-    ratings_path = fetch_raw_file([RATINGS_URL.format(category=category)], raw_dir)
-    metadata_path = fetch_raw_file([url.format(category=category) for url in METADATA_URLS], raw_dir)
+    # Both files are fetched before either is read: missing ones fail fast, named together.
+    ratings_path, metadata_path = fetch_raw_files(name, raw_files(name), raw_dir)
     ratings = read_ratings(ratings_path)
     print(
         f"{ratings_path.name}: {len(ratings):,} ratings of {ratings['user_id'].nunique():,} users "

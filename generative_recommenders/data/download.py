@@ -1,9 +1,11 @@
 """Streamed, resumable and integrity-checked downloads of raw dataset files.
 
-:func:`download` fetches one URL; :func:`fetch_raw_file` picks the first of
-several mirrors that is already on disk or downloads; :func:`open_raw_text`
-streams a raw (possibly gzipped) text file back with a progress bar and turns
-a truncated or corrupt gzip stream into a clear error.
+:func:`download` fetches one URL; :func:`fetch_raw_files` gets every raw file
+a dataset needs (each from the first of its mirrors that is on disk or
+downloads) and, when some cannot be had, names all of them at once, with
+their sizes and where to put them; :func:`open_raw_text` streams a raw
+(possibly gzipped) text file back with a progress bar and turns a truncated
+or corrupt gzip stream into a clear error.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, TextIO
+from typing import Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from tqdm import tqdm
 
@@ -29,7 +32,32 @@ _CHUNK_BYTES = 1 << 20
 
 
 class DownloadError(UserError):
-    """A raw file could not be downloaded, or the downloaded file is corrupt."""
+    """A raw file could not be downloaded, or the downloaded file is corrupt.
+
+    ``reason`` is the short cause (``HTTP 404``, a network error ...), for
+    messages that list several files.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """A raw file a dataset needs: its mirrors (URLs of one file, tried in order) with their sizes.
+
+    ``sizes[i]`` is what a user fetching ``urls[i]`` by hand should expect
+    (e.g. ``"5,917,549 bytes"`` or ``"about 25 MB"``).
+    """
+
+    urls: Tuple[str, ...]
+    sizes: Tuple[str, ...]
+
+    def describe(self) -> str:
+        return " or ".join(
+            f"{url_file_name(url)} ({size}) from {url}" for url, size in zip(self.urls, self.sizes)
+        )
 
 
 def _manual_hint(url: str, dest: Path) -> str:
@@ -94,17 +122,19 @@ def download(url: str, dest: Path) -> Path:
         # 416: the range starts at the end, i.e. the .part file is complete.
         if not (e.code == 416 and offset):
             raise DownloadError(
-                f"could not download {url} (HTTP {e.code}); {_manual_hint(url, dest)}"
+                f"could not download {url} (HTTP {e.code}); {_manual_hint(url, dest)}", f"HTTP {e.code}"
             ) from None
     except (urllib.error.URLError, OSError) as e:
         resume = "rerun to resume, or " if part.exists() else ""
+        reason = str(getattr(e, "reason", e))
         raise DownloadError(
-            f"could not download {url} ({getattr(e, 'reason', e)}); {resume}{_manual_hint(url, dest)}"
+            f"could not download {url} ({reason}); {resume}{_manual_hint(url, dest)}", reason
         ) from None
     if total is not None and part.stat().st_size != total:
         raise DownloadError(
             f"download of {url} stopped at {part.stat().st_size} of {total} bytes; "
-            f"rerun to resume, or {_manual_hint(url, dest)}"
+            f"rerun to resume, or {_manual_hint(url, dest)}",
+            f"stopped at {part.stat().st_size} of {total} bytes",
         )
     try:
         verify_archive(part, dest.suffix)
@@ -112,7 +142,8 @@ def download(url: str, dest: Path) -> Path:
         part.unlink()
         raise DownloadError(
             f"the download of {url} is corrupt ({e}); the file was removed: rerun to download it "
-            f"again, or {_manual_hint(url, dest)}"
+            f"again, or {_manual_hint(url, dest)}",
+            "the download was corrupt and was removed",
         ) from None
     os.replace(part, dest)
     return dest
@@ -126,26 +157,41 @@ def url_file_name(url: str) -> str:
     return name
 
 
-def fetch_raw_file(urls: Sequence[str], raw_dir: Path) -> Path:
-    """The raw file of the first of ``urls`` (mirrors of one file) that is in ``raw_dir`` or downloads.
+def fetch_raw_files(dataset: str, files: Sequence[RawFile], raw_dir: Path) -> List[Path]:
+    """The path of each of ``files`` in ``raw_dir``, downloading the ones not there yet.
 
-    A file already in ``raw_dir`` under its URL's name is used as it is,
-    whichever mirror it came from; otherwise the URLs are tried in order.
-    If none downloads, the DownloadError names every URL and why it failed.
+    A file already in ``raw_dir`` under one of its URLs' names is used as it
+    is, whichever mirror it came from; otherwise its URLs are tried in order.
+    Every missing file is tried before failing, and the DownloadError names
+    all those that could not be had, with their sizes, URLs and where to put
+    them (a user offline fetches them all in one go).
     """
     raw_dir = Path(raw_dir)
-    for url in urls:
-        if (raw_dir / url_file_name(url)).is_file():
-            return raw_dir / url_file_name(url)
-    failures: List[str] = []
-    for url in urls:
-        try:
-            return download(url, raw_dir / url_file_name(url))
-        except DownloadError as e:
-            failures.append(str(e))
-    if len(failures) == 1:
-        raise DownloadError(failures[0])
-    raise DownloadError("no mirror could be downloaded:\n  " + "\n  ".join(failures))
+    paths: List[Optional[Path]] = []
+    failures: List[Tuple[RawFile, str]] = []
+    for raw_file in files:
+        on_disk = [raw_dir / url_file_name(url) for url in raw_file.urls if (raw_dir / url_file_name(url)).is_file()]
+        if on_disk:
+            paths.append(on_disk[0])
+            continue
+        reasons: List[str] = []
+        for url in raw_file.urls:
+            try:
+                paths.append(download(url, raw_dir / url_file_name(url)))
+                break
+            except DownloadError as e:
+                reasons.append(e.reason)
+        else:
+            paths.append(None)
+            failures.append((raw_file, "; ".join(dict.fromkeys(reasons))))
+    if failures:
+        listing = "".join(f"\n  {raw_file.describe()} [{reason}]" for raw_file, reason in failures)
+        raise DownloadError(
+            f"{dataset} needs {len(files)} raw file(s); {len(failures)} of them are not in {raw_dir} "
+            f"and could not be downloaded: fetch them by hand and put them there (or pass a folder "
+            f"holding them with --raw_dir), then rerun:{listing}"
+        )
+    return [path for path in paths if path is not None]
 
 
 @contextlib.contextmanager

@@ -4,9 +4,14 @@ A local dataset is a folder holding
 
 * ``interactions.csv``: header ``user_id,item_id``, optionally ``rating``
   and/or ``timestamp`` (Unix seconds); ids are strings. Without
-  ``timestamp``, each user's rows are in chronological order.
+  ``timestamp``, each user's rows are in chronological order. Any other
+  column is an error (a ``time`` column silently ignored would reorder
+  every sequence).
 * ``items.jsonl``: one JSON object per line with ``item_id`` and free-form
   text fields (strings or lists of strings), one line per item.
+
+Both are UTF-8 (a byte order mark is accepted); spaces around header names
+are ignored.
 
 A prepared dataset keeps its items' metadata in ``item_metadata.jsonl``, line
 ``k`` describing item id ``k``, for the item text embedding step.
@@ -14,6 +19,8 @@ A prepared dataset keeps its items' metadata in ``item_metadata.jsonl``, line
 
 from __future__ import annotations
 
+import difflib
+import io
 import json
 import os
 from pathlib import Path
@@ -23,9 +30,14 @@ import numpy as np
 import pandas as pd
 
 from generative_recommenders.atomic_files import atomic_write_text
-from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.data.sequence_format import (
+    DatasetFormatError,
+    decode_utf8,
+    record_in_manifest,
+)
 
 INTERACTIONS_FILE = "interactions.csv"
+INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 ITEMS_FILE = "items.jsonl"
 ITEM_METADATA_FILE = "item_metadata.jsonl"
 
@@ -57,17 +69,32 @@ def numeric_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
 def _read_interactions(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetFormatError(f"{path} not found: a local dataset needs {INTERACTIONS_FILE}")
+    text = decode_utf8(path.read_bytes(), path)
     try:
         # keep_default_na=False: ids such as "NA" or "null" stay ids.
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise DatasetFormatError(f"{path} is empty: expected a header user_id,item_id") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except pd.errors.ParserError as e:
         raise DatasetFormatError(f"{path}: not a readable CSV file ({e})") from None
+    df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("user_id", "item_id") if c not in df.columns]
     if missing:
         raise DatasetFormatError(
             f"{path}: missing column(s) {', '.join(missing)}; the header is {','.join(df.columns)}"
+        )
+    unknown = [c for c in df.columns if c not in INTERACTION_COLUMNS]
+    if unknown:
+        hints = [
+            f"{c} -> {match[0]}"
+            for c in unknown
+            if (match := difflib.get_close_matches(c, INTERACTION_COLUMNS, n=1, cutoff=0.5))
+        ]
+        raise DatasetFormatError(
+            f"{path}: unknown column(s) {', '.join(map(repr, unknown))}; the local format knows "
+            f"{', '.join(INTERACTION_COLUMNS)}: rename"
+            + (f" ({', '.join(hints)})" if hints else "")
+            + " or remove them"
         )
     if len(df) == 0:
         raise DatasetFormatError(f"{path} holds no interactions")
@@ -91,9 +118,13 @@ def _read_interactions(path: Path) -> pd.DataFrame:
 
 
 def iter_item_records(path: Path, skip_blank_lines: bool) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """``(line number, object)`` per line of a JSONL item file; each object needs an ``item_id``."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    """``(line number, object)`` per line of a UTF-8 JSONL item file; each object needs an ``item_id``.
+
+    A byte order mark and spaces around the keys of a line are accepted.
+    """
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = decode_utf8(raw, path, first_line=line_no)
             if not line.strip():
                 if skip_blank_lines:
                     continue
@@ -108,6 +139,7 @@ def iter_item_records(path: Path, skip_blank_lines: bool) -> Iterator[Tuple[int,
                 ) from None
             if not isinstance(record, dict):
                 raise DatasetFormatError(f"{path}, line {line_no}: expected a JSON object")
+            record = {key.strip(): value for key, value in record.items()}
             if "item_id" not in record:
                 raise DatasetFormatError(f"{path}, line {line_no}: no item_id field")
             yield line_no, record
@@ -163,8 +195,10 @@ def write_item_metadata(out_dir: os.PathLike, items: Items, id2item: List[str]) 
 
     ``items`` maps each raw item id of ``id2item`` to its fields (without
     ``item_id``); the loaders guarantee that with :func:`require_item_metadata`.
+    The file is recorded in the folder's manifest.
     """
     path = Path(out_dir) / ITEM_METADATA_FILE
     lines = [json.dumps({"item_id": item, **items[item]}, ensure_ascii=False) for item in id2item]
     atomic_write_text(path, "\n".join(lines) + "\n")
+    record_in_manifest(out_dir, [ITEM_METADATA_FILE])
     return path

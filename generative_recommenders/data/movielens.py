@@ -1,9 +1,14 @@
 """Readers for the MovieLens datasets.
 
-* ``ml-100k`` comes from the example data inside the ``recbole`` wheel on
+* ``ml100k`` comes from the example data inside the ``recbole`` wheel on
   PyPI, so it needs no host but PyPI; the wheel is only downloaded
   (``pip download``), never installed.
-* ``ml-1m`` and ``ml-20m`` come from the GroupLens zips.
+* ``ml1m`` and ``ml20m`` come from the GroupLens zips.
+
+The datasets are named as the project names its datasets (no hyphen: a local
+copy of MovieLens-100K prepared with ``--dataset_name ml100k`` is the same
+data under the same name); GroupLens' release names ``ml-100k``, ``ml-1m``
+and ``ml-20m`` are accepted for them (:data:`RELEASE_NAMES`).
 
 Each loader takes the raw folder (where downloads are kept, or where the user
 placed them by hand) and returns ``(interactions, items)``: interactions with
@@ -28,20 +33,22 @@ import numpy as np
 import pandas as pd
 
 from generative_recommenders.atomic_files import atomic_write_text
-from generative_recommenders.data.download import DownloadError, download
+from generative_recommenders.data.download import DownloadError, RawFile, fetch_raw_files
 from generative_recommenders.data.local import Items, require_item_metadata
 from generative_recommenders.data.sequence_format import DatasetFormatError
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
+RECBOLE_WHEEL_SIZE = "2,130,151 bytes"
 _RECBOLE_ML100K_DIR = "recbole/dataset_example/ml-100k"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.item")
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{name}.zip"
+GROUPLENS_ZIP_SIZES = {"ml-1m": "about 5.9 MB", "ml-20m": "about 190 MB"}
 
 # "Heat (1995)" -> ("Heat", "1995"); also "Fawlty Towers (1975-1979)".
 _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})[^()]*\)\s*$")
 
-Loader = Callable[[Path], Tuple[pd.DataFrame, Items]]
+DatasetReader = Callable[[Path], Tuple[pd.DataFrame, Items]]
 
 
 def fetch_recbole_wheel(raw_dir: Path) -> Path:
@@ -68,8 +75,10 @@ def fetch_recbole_wheel(raw_dir: Path) -> Path:
     if result.returncode != 0 or not wheel.is_file():
         last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise DownloadError(
-            f"pip download {RECBOLE_REQUIREMENT} failed ({last_line}); "
-            f"place {RECBOLE_WHEEL} by hand at {wheel} (or pass a folder holding it with --raw_dir)"
+            f"ml100k needs 1 raw file, which pip download {RECBOLE_REQUIREMENT} could not fetch "
+            f"({last_line}): fetch {RECBOLE_WHEEL} ({RECBOLE_WHEEL_SIZE}, from PyPI: pip download "
+            f"--no-deps {RECBOLE_REQUIREMENT} on a machine that has it) and put it at {wheel} (or pass "
+            f"a folder holding it with --raw_dir)"
         )
     return wheel
 
@@ -147,7 +156,10 @@ def load_ml100k(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
 
 
 def _grouplens_zip(name: str, raw_dir: Path) -> Path:
-    return download(GROUPLENS_URL.format(name=name), Path(raw_dir) / f"{name}.zip")
+    """``raw_dir/<release name>.zip``, downloaded there if absent."""
+    url = GROUPLENS_URL.format(name=name)
+    (path,) = fetch_raw_files(name.replace("-", ""), [RawFile((url,), (GROUPLENS_ZIP_SIZES[name],))], raw_dir)
+    return path
 
 
 def load_ml1m(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
@@ -205,11 +217,14 @@ def load_ml20m(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
     return interactions, items
 
 
-LOADERS: Dict[str, Loader] = {"ml-100k": load_ml100k, "ml-1m": load_ml1m, "ml-20m": load_ml20m}
+READERS: Dict[str, DatasetReader] = {"ml100k": load_ml100k, "ml1m": load_ml1m, "ml20m": load_ml20m}
+# GroupLens' names, accepted for the datasets they name.
+RELEASE_NAMES: Dict[str, str] = {"ml-100k": "ml100k", "ml-1m": "ml1m", "ml-20m": "ml20m"}
 
 
 def load_movielens(name: str, raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
-    """Loads the MovieLens dataset ``name`` (a key of :data:`LOADERS`)."""
-    if name not in LOADERS:
-        raise ValueError(f"unknown MovieLens dataset {name!r}; known: {', '.join(LOADERS)}")
-    return LOADERS[name](Path(raw_dir))
+    """Loads the MovieLens dataset ``name`` (a key of :data:`READERS` or :data:`RELEASE_NAMES`)."""
+    name = RELEASE_NAMES.get(name, name)
+    if name not in READERS:
+        raise ValueError(f"unknown MovieLens dataset {name!r}; known: {', '.join(READERS)}")
+    return READERS[name](Path(raw_dir))

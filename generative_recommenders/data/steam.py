@@ -31,12 +31,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pandas as pd
 
-from generative_recommenders.data.download import fetch_raw_file, open_raw_text
+from generative_recommenders.data.download import RawFile, fetch_raw_files, open_raw_text
 from generative_recommenders.data.local import Items
 from generative_recommenders.data.sequence_format import DatasetFormatError
 
 REVIEWS_URL = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
 GAMES_URL = "https://cseweb.ucsd.edu/~wckang/steam_games.json.gz"
+# Approximate sizes, for a user fetching the files by hand.
+REVIEWS_SIZE, GAMES_SIZE = "about 1.3 GB", "about 3 MB"
 # The paper's item count after its preparation.
 EXPECTED_NUM_ITEMS = 11_808
 ITEM_COUNT_NOTE = (
@@ -174,9 +176,9 @@ def read_games(path: Path) -> Items:
 
 def load_steam(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
     """Fetches (if absent), reads and filters Steam; returns ``(interactions, games)``."""
-    # Both files are fetched before either is read: a missing one fails fast.
-    reviews_path = fetch_raw_file([REVIEWS_URL], raw_dir)
-    games_path = fetch_raw_file([GAMES_URL], raw_dir)
+    # Both files are fetched before either is read: missing ones fail fast, named together.
+    raw_files = [RawFile((REVIEWS_URL,), (REVIEWS_SIZE,)), RawFile((GAMES_URL,), (GAMES_SIZE,))]
+    reviews_path, games_path = fetch_raw_files("steam", raw_files, raw_dir)
     games = read_games(games_path)
     reviews = read_reviews(reviews_path)
     with_metadata = reviews[reviews["item_id"].isin(games.keys()).to_numpy()]

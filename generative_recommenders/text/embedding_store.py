@@ -28,6 +28,12 @@ import torch
 from tqdm import tqdm
 
 from generative_recommenders.atomic_files import atomic_torch_save, atomic_write_text
+from generative_recommenders.data.sequence_format import (
+    prepare_command,
+    read_manifest,
+    record_in_manifest,
+    verify_recorded_file,
+)
 from generative_recommenders.errors import UserError
 
 # Sidecar fields that the loader checks; encoder metadata may repeat them, not change them.
@@ -228,10 +234,7 @@ def compute_item_text_embeddings(
 
 
 def _rerun_hint(data_dir: Path, model_name: str) -> str:
-    return (
-        f"python3 preprocess_public_data.py --dataset {data_dir.name} "
-        f"--text_embedding_model {model_name}"
-    )
+    return prepare_command(data_dir, f"--text_embedding_model {model_name}")
 
 
 def load_item_text_embeddings(
@@ -312,19 +315,26 @@ ITEM_TEXTS_FILE = "item_texts.json"
 
 
 def write_item_texts(data_dir: os.PathLike, texts: Sequence[str]) -> Path:
-    """Writes the dataset's item texts (entry k = item id k), what its embeddings encode."""
+    """Writes the dataset's item texts (entry k = item id k), what its embeddings encode.
+
+    The file is recorded in the folder's manifest.
+    """
     path = Path(data_dir) / ITEM_TEXTS_FILE
     atomic_write_text(path, json.dumps(list(texts), ensure_ascii=False))
+    record_in_manifest(data_dir, [ITEM_TEXTS_FILE])
     return path
 
 
 def read_item_texts(data_dir: os.PathLike) -> List[str]:
+    """The dataset's item texts, checked against its manifest where it has one."""
     path = Path(data_dir) / ITEM_TEXTS_FILE
     if not path.is_file():
         raise EmbeddingFileError(
-            f"{path} not found: compute the item texts and embeddings with "
-            f"python3 preprocess_public_data.py --dataset {Path(data_dir).name} (or --local_dir ...)"
+            f"{path} not found: compute the item texts and embeddings with {prepare_command(data_dir)}"
         )
+    manifest = read_manifest(data_dir)
+    if manifest is not None:
+        verify_recorded_file(data_dir, ITEM_TEXTS_FILE, manifest)
     try:
         texts = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:

@@ -12,6 +12,7 @@ on it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -213,6 +214,7 @@ class MiniLMEncoder(_BatchedEncoder):
 
 
 _SECRET_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*]+")
+_WHITESPACE = re.compile(r"\s+")
 
 
 class OpenAIEncoder(TextEncoder):
@@ -315,10 +317,11 @@ class OpenAIEncoder(TextEncoder):
                 f"{problem}; {embedded_before} of {total} texts had been embedded before it."
             )
 
+        endpoint = self.endpoint
         retryable = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError)
         for attempt in range(1, self.max_attempts + 1):
             try:
-                response = self.client.embeddings.create(
+                response = self.client.embeddings.with_raw_response.create(
                     model=self.model, input=batch, dimensions=self.dim, encoding_format="float"
                 )
                 break
@@ -326,7 +329,7 @@ class OpenAIEncoder(TextEncoder):
                 status = getattr(err, "status_code", None) or type(err).__name__
                 if attempt == self.max_attempts:
                     raise failure(
-                        f"OpenAI embeddings request failed {attempt} times "
+                        f"OpenAI embeddings request to {endpoint} failed {attempt} times "
                         f"(last: {status}, {self._scrub(str(err))})"
                     ) from None
                 delay = self.backoff_base_s * self.backoff_factor ** (attempt - 1)
@@ -337,18 +340,51 @@ class OpenAIEncoder(TextEncoder):
                 self.sleep(delay)
             except openai.APIStatusError as err:
                 raise failure(
-                    f"OpenAI embeddings request failed with status {err.status_code} "
+                    f"OpenAI embeddings request to {endpoint} failed with status {err.status_code} "
                     f"({self._scrub(str(err))})"
                 ) from None
-        data = sorted(response.data, key=lambda item: item.index)
-        if [item.index for item in data] != list(range(len(batch))) or any(
-            len(item.embedding) != self.dim for item in data
+        data = self._response_data(response, failure)
+        if (
+            not all(isinstance(item, dict) and isinstance(item.get("embedding"), list) for item in data)
+            or sorted(item.get("index") for item in data) != list(range(len(batch)))
+            or any(len(item["embedding"]) != self.dim for item in data)
         ):
             raise failure(
-                f"OpenAI embeddings response does not hold one {self.dim}-d embedding per input "
-                f"for a request of {len(batch)} texts"
+                f"OpenAI embeddings response from {endpoint} does not hold one {self.dim}-d "
+                f"embedding per input for a request of {len(batch)} texts"
             )
-        return torch.tensor([item.embedding for item in data], dtype=torch.float32)
+        data.sort(key=lambda item: item["index"])
+        return torch.tensor([item["embedding"] for item in data], dtype=torch.float32)
+
+    @property
+    def endpoint(self) -> str:
+        return self._scrub(f"{self.client.base_url}embeddings")
+
+    def _response_data(self, response: Any, failure: Callable[[str], TextEncodingError]) -> List[Any]:
+        """The ``data`` list of a successful response, or an error naming the endpoint and status.
+
+        A proxy or a wrong base URL can answer 200 with an HTML page, text that
+        is not JSON, or JSON of another API.
+        """
+        answered = (
+            f"{self.endpoint} answered status {response.status_code} "
+            f"({response.headers.get('content-type') or 'no content type'})"
+        )
+        try:
+            payload = json.loads(response.text)
+        except ValueError:
+            body = _WHITESPACE.sub(" ", response.text).strip()
+            raise failure(
+                f"{answered} with a body that is not JSON: {self._scrub(body[:80])!r}; "
+                "check OPENAI_BASE_URL (it should end in /v1)"
+            ) from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            keys = ", ".join(map(str, payload)) if isinstance(payload, dict) else type(payload).__name__
+            raise failure(
+                f"{answered} with JSON that holds no 'data' list (it holds: {keys or 'nothing'}); "
+                "check OPENAI_BASE_URL: it must serve the OpenAI embeddings API"
+            )
+        return payload["data"]
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         if not texts:
@@ -376,6 +412,24 @@ def _load_tiktoken_encoding(model: str) -> "tiktoken.Encoding":
         ) from err
 
 
+ENCODER_NAMES = ("minilm", *HUB_MODELS, "openai", "hf:<name-or-path>")
+
+
+def check_text_encoder_name(name: str) -> None:
+    """Raises TextEncodingError unless ``name`` names an encoder :func:`get_text_encoder` builds.
+
+    Cheap (loads nothing): commands check the name before any other work.
+    """
+    if name in ("minilm", "openai") or name in HUB_MODELS:
+        return
+    if name.startswith("hf:") and name[len("hf:") :]:
+        return
+    raise TextEncodingError(
+        f"Unknown text encoder {name!r}; choose {', '.join(ENCODER_NAMES)}"
+        + (" ('hf:' needs a model name or folder, e.g. 'hf:/path/to/model')" if name == "hf:" else "")
+    )
+
+
 def get_text_encoder(
     name: str,
     *,
@@ -392,6 +446,7 @@ def get_text_encoder(
     sentence-transformers config says); ``pooling`` applies to hf: (default mean) and BLaIR
     (default cls).
     """
+    check_text_encoder_name(name)
     if name in ("minilm", "openai") and pooling is not None:
         raise ValueError(f"pooling is fixed for the {name!r} encoder")
     if name == "minilm":
@@ -402,20 +457,12 @@ def get_text_encoder(
         if normalize is not None:
             raise ValueError("normalize does not apply to the 'openai' encoder (always unit norm)")
         return OpenAIEncoder(base_url=openai_base_url)
-    if name in HUB_MODELS or name.startswith("hf:"):
-        model = HUB_MODELS.get(name) or name[len("hf:") :]
-        if not model:
-            raise ValueError("'hf:' needs a model name or folder, e.g. 'hf:/path/to/model'")
-        return HFTextEncoder(
-            model,
-            name=name,
-            pooling=pooling or ("cls" if name in HUB_MODELS else "mean"),
-            normalize=bool(normalize),
-            max_length=max_length,
-            batch_size=batch_size,
-            device=device,
-        )
-    raise ValueError(
-        f"Unknown text encoder {name!r}; choose minilm, blair, blair-large, openai or "
-        "hf:<name-or-path>."
+    return HFTextEncoder(
+        HUB_MODELS.get(name) or name[len("hf:") :],
+        name=name,
+        pooling=pooling or ("cls" if name in HUB_MODELS else "mean"),
+        normalize=bool(normalize),
+        max_length=max_length,
+        batch_size=batch_size,
+        device=device,
     )

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from generative_recommenders.data.local import ITEM_METADATA_FILE, iter_item_records
-from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.data.sequence_format import DatasetFormatError, prepare_command
+from generative_recommenders.logs import get_logger
+
+logger = get_logger(__name__)
 
 AMAZON_FIELDS = ("title", "features", "categories", "description")
 STEAM_FIELDS = ("app_name", "publisher", "developer", "genres", "tags", "specs")
@@ -117,7 +120,7 @@ def local_item_text(record: Dict[str, Any], fields: Optional[Sequence[str]] = No
     for field in fields:
         value = record.get(field)
         if not _is_text(value):
-            raise ValueError(
+            raise DatasetFormatError(
                 f"item {record.get('item_id')!r}: field {field!r} holds a "
                 f"{type(value).__name__}, not text (strings, numbers or lists of them)"
             )
@@ -143,25 +146,64 @@ def _recipe(recipe: str, fields: Optional[Sequence[str]]) -> Callable[[Dict[str,
     return RECIPES[recipe]
 
 
+def _field_names(records: Sequence[Dict[str, Any]]) -> List[str]:
+    """Every field of the records but ``item_id``, in order of first appearance."""
+    return list(dict.fromkeys(key for record in records for key in record if key != "item_id"))
+
+
+def _recipe_texts(
+    records: Sequence[Dict[str, Any]], recipe: str, fields: Optional[Sequence[str]]
+) -> List[str]:
+    """The recipe's text of every record, empty ones included.
+
+    Raises DatasetFormatError for ``fields`` that no record has, listing the
+    fields the records do have (a typo would otherwise embed empty texts).
+    """
+    make_text = _recipe(recipe, fields)
+    if fields is not None:
+        present = _field_names(records)
+        absent = [field for field in fields if field not in present]
+        if absent:
+            raise DatasetFormatError(
+                f"no item has the text field(s) {', '.join(map(repr, absent))} (--text_fields); "
+                f"the items' fields are {', '.join(present) or 'none but item_id'}"
+            )
+    return [make_text(record) for record in records]
+
+
 def item_texts(
-    records: Sequence[Dict[str, Any]], recipe: str, fields: Optional[Sequence[str]] = None
+    records: Sequence[Dict[str, Any]],
+    recipe: str,
+    fields: Optional[Sequence[str]] = None,
+    to_embed: bool = True,
 ) -> List[str]:
     """The text of every item, ``texts[k]`` from ``records[k]``, with recipe ``recipe``.
 
     An item whose recipe text is empty gets its ``item_id`` string instead:
     an empty text would give every such item the same embedding, the item id
-    at least tells them apart. :func:`count_empty_texts` says how many.
-    ``fields`` chooses the fields of the ``local`` recipe.
+    at least tells them apart. When the texts are ``to_embed``, how many did
+    is logged as a warning, and texts that are all empty (nothing to embed)
+    raise DatasetFormatError. ``fields`` chooses the fields of the ``local``
+    recipe.
     """
-    make_text = _recipe(recipe, fields)
-    texts = []
-    for k, record in enumerate(records):
-        text = make_text(record)
-        if not text:
-            if "item_id" not in record:
-                raise ValueError(f"item {k} has an empty text and no item_id to fall back on")
-            text = str(record["item_id"])
-        texts.append(text)
+    texts = _recipe_texts(records, recipe, fields)
+    empty = [k for k, text in enumerate(texts) if not text]
+    if to_embed and texts and len(empty) == len(texts):
+        chosen = f"fields {', '.join(fields)}" if fields is not None else f"the {recipe!r} recipe"
+        raise DatasetFormatError(
+            f"every item's text is empty with {chosen}: there is nothing to embed; "
+            f"choose fields that hold text (the items' fields are "
+            f"{', '.join(_field_names(records)) or 'none but item_id'})"
+        )
+    for k in empty:
+        if "item_id" not in records[k]:
+            raise DatasetFormatError(f"item {k} has an empty text and no item_id to fall back on")
+        texts[k] = str(records[k]["item_id"])
+    if to_embed and empty:
+        logger.warning(
+            f"warning: {len(empty):,} of {len(texts):,} items have an empty text (the first: item_id "
+            f"{records[empty[0]]['item_id']!r}); their item ids stand in as their texts"
+        )
     return texts
 
 
@@ -169,8 +211,7 @@ def count_empty_texts(
     records: Sequence[Dict[str, Any]], recipe: str, fields: Optional[Sequence[str]] = None
 ) -> int:
     """How many items get their item id as text from :func:`item_texts` (empty recipe text)."""
-    make_text = _recipe(recipe, fields)
-    return sum(1 for record in records if not make_text(record))
+    return sum(1 for text in _recipe_texts(records, recipe, fields) if not text)
 
 
 def read_item_metadata(data_dir: os.PathLike) -> List[Dict[str, Any]]:
@@ -182,10 +223,7 @@ def read_item_metadata(data_dir: os.PathLike) -> List[Dict[str, Any]]:
     """
     path = Path(data_dir) / ITEM_METADATA_FILE
     if not path.is_file():
-        raise DatasetFormatError(
-            f"{path} not found: prepare the dataset first "
-            f"(python3 preprocess_public_data.py --dataset {Path(data_dir).name})"
-        )
+        raise DatasetFormatError(f"{path} not found: prepare the dataset first ({prepare_command(data_dir)})")
     # Blank lines are errors: a skipped line would shift every later item id by one.
     records = [record for _, record in iter_item_records(path, skip_blank_lines=False)]
     if not records:

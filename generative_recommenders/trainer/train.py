@@ -478,7 +478,7 @@ def train(config: TrainConfig, context: DistributedContext, gin_config: str, res
 
 @gin.configurable(denylist=["resume", "context"])
 def train_fn(
-    dataset_name: str = "ml-100k",
+    dataset_name: str = "ml100k",
     max_sequence_length: int = 200,
     local_batch_size: int = 128,
     eval_batch_size: int = 128,
