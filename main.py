@@ -15,17 +15,21 @@ traceback).
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sys
 import traceback
 from pathlib import Path
 from typing import List, Optional
 
+import gin
 from absl import app, flags
 
-from generative_recommenders.errors import UserError, os_error_message
+from generative_recommenders.errors import UserError, one_line
 from generative_recommenders.logs import configure_logging
 from generative_recommenders.trainer.config import bound_parameter, parse_gin
 from generative_recommenders.trainer.distributed import DistributedContext, launch
+from generative_recommenders.trainer.run_folder import config_differences
 from generative_recommenders.trainer.train import train_config_file
 
 flags.DEFINE_string("gin_config_file", None, "Path to the gin config file.")
@@ -34,7 +38,9 @@ flags.DEFINE_integer("nproc", None, "Processes on this machine (default: one per
 flags.DEFINE_enum("backend", None, ["nccl", "gloo"], "Process group backend (default: nccl with GPUs, else gloo).")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings, e.g. 'train_fn.num_epochs = 3'.")
 flags.DEFINE_list("seeds", None, "Seeds to run the config with, one run each, e.g. 1,2,3 (overrides train_fn.random_seed).")
-flags.DEFINE_bool("resume", False, "Continue each run from its checkpoint (the gin config must be unchanged).")
+flags.DEFINE_bool("resume", False, "Continue each run from its checkpoint (the gin config must be unchanged, "
+                  "but for a larger train_fn.num_epochs).")
+flags.DEFINE_bool("overwrite", False, "Replace what each run's folder holds (a finished run is never replaced otherwise).")
 flags.DEFINE_bool("debug", False, "Show the traceback of an error, not only its one-line message.")
 
 
@@ -48,7 +54,12 @@ def _seeds(values: Optional[List[str]]) -> List[Optional[int]]:
 
 
 def run_seeds(
-    context: DistributedContext, config_file: str, bindings: List[str], seeds: List[Optional[int]], resume: bool
+    context: DistributedContext,
+    config_file: str,
+    bindings: List[str],
+    seeds: List[Optional[int]],
+    resume: bool,
+    overwrite: bool,
 ) -> None:
     """One run per seed in this process (one of the run's processes when there are several),
     then, with several seeds, their comparison table."""
@@ -58,7 +69,8 @@ def run_seeds(
     for seed in seeds:
         # Bound, not passed, so that each run's recorded config names its seed.
         seed_binding = [] if seed is None else [f"train_fn.random_seed = {seed}"]
-        run_dirs.append(train_config_file(config_file, bindings + seed_binding, resume, context)["run_dir"])
+        results = train_config_file(config_file, bindings + seed_binding, resume, overwrite, context)
+        run_dirs.append(results["run_dir"])
     if len(run_dirs) > 1 and context.is_main:
         # Imported here: matplotlib's import is slow and single runs do not need it.
         from generative_recommenders import compare
@@ -78,14 +90,31 @@ def _main(argv: List[str]) -> None:
     seeds = _seeds(flags.FLAGS.seeds)
     parse_gin([config_file], bindings)
     if bound_parameter("train_fn.run_name") is None:  # runs are named after their config unless the config names them
-        protocol = bound_parameter("train_fn.eval_protocol", "validated")
-        # The protocol is part of the name, so that runs of the two protocols never share a folder.
-        suffix = "" if protocol == "validated" else f"-{protocol}"
-        bindings.append(f'train_fn.run_name = "{Path(config_file).stem}{suffix}"')
+        bindings.append(f'train_fn.run_name = "{run_name(config_file, bindings)}"')
     launch(
-        run_seeds, config_file, bindings, seeds, flags.FLAGS.resume,
+        run_seeds, config_file, bindings, seeds, flags.FLAGS.resume, flags.FLAGS.overwrite,
         nproc=flags.FLAGS.nproc, backend=flags.FLAGS.backend, master_port=flags.FLAGS.master_port,
     )
+
+
+# Bindings that say where a run reads and writes, or its seed (the folder's -s<seed>), not what it is.
+_PLACE_AND_SEED = re.compile(r"^train_fn\.(random_seed|dataset_name|data_root|output_root) = ")
+
+
+def run_name(config_file: str, bindings: List[str]) -> str:
+    """The config file's name; ``-reference`` under that protocol (the two never share a folder);
+    and ``-<hash>`` of the settings the bindings change from the file, so that a changed run
+    never lands in the folder of the file's own."""
+    parse_gin([config_file], [])
+    from_file = gin.config_str()
+    parse_gin([config_file], bindings)
+    protocol = bound_parameter("train_fn.eval_protocol", "validated")
+    changes = [line[1:] for line in config_differences(from_file, gin.config_str()) if line.startswith("+")]
+    changes = [line for line in changes if not _PLACE_AND_SEED.match(line)]
+    name = Path(config_file).stem + ("" if protocol == "validated" else f"-{protocol}")
+    if changes:
+        name += "-" + hashlib.sha1("\n".join(sorted(changes)).encode()).hexdigest()[:7]
+    return name
 
 
 def main(argv: List[str]) -> None:
@@ -95,8 +124,7 @@ def main(argv: List[str]) -> None:
         # A user's mistake, a file that cannot be written, or a failed training process: one line.
         if flags.FLAGS.debug:
             traceback.print_exc()
-        message = os_error_message(error) if isinstance(error, OSError) else str(error)
-        sys.exit(f"main.py: {message}")
+        sys.exit(f"main.py: {one_line(error)}" + ("" if flags.FLAGS.debug else " (details: --debug)"))
 
 
 if __name__ == "__main__":

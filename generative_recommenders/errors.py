@@ -40,6 +40,14 @@ def os_error_message(error: OSError) -> str:
     return f"{path}: {error.strerror or error}"
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message as one line (without what gin appends: "In call to configurable ...")."""
+    if isinstance(error, OSError):
+        return os_error_message(error)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(line for line in lines if not line.startswith("In call to configurable"))
+
+
 def run_command(program: str, main: Callable[[List[str]], Optional[int]], argv: Optional[List[str]] = None) -> NoReturn:
     """Runs a command line's ``main(argv)`` and exits with its status.
 
@@ -55,8 +63,7 @@ def run_command(program: str, main: Callable[[List[str]], Optional[int]], argv: 
     except (UserError, OSError) as error:
         if debug:
             traceback.print_exc()
-        message = os_error_message(error) if isinstance(error, OSError) else str(error)
-        print(f"{program}: {message}" + ("" if debug else f" (details: {DEBUG_FLAG})"), file=sys.stderr, flush=True)
+        print(f"{program}: {one_line(error)}" + ("" if debug else f" (details: {DEBUG_FLAG})"), file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr, flush=True)

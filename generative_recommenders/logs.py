@@ -2,7 +2,8 @@
 
 Messages are plain lines on stdout (``message`` alone, no timestamps or
 levels), so that a run's output reads like a report and pipes cleanly.
-Third-party loggers stay at WARNING unless ``GR_VERBOSE=1``.
+Third-party loggers, and the root logger they may use, stay at WARNING
+unless ``GR_VERBOSE=1``.
 """
 
 from __future__ import annotations
@@ -44,5 +45,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.addHandler(_StdoutHandler())
     logger.propagate = False
     if os.environ.get("GR_VERBOSE", "") in ("", "0"):
+        # Libraries log to the root logger too (fbgemm_gpu: a line per kernel library it loads).
+        logging.getLogger().setLevel(logging.WARNING)
         for name in _QUIET_LIBRARIES:
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from generative_recommenders.trainer import train
+from generative_recommenders.trainer.run_folder import RunFolderError
 from generative_recommenders.trainer.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -23,7 +24,7 @@ from generative_recommenders.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from test_train import REPO, cyclic_dataset, run_main, tiny_config
+from test_train import REPO, cyclic_dataset, run_folder, run_main, tiny_config
 
 # 320 users, batches of 32: 10 steps per epoch.
 RESUME_BINDINGS = (
@@ -98,10 +99,15 @@ def test_a_different_gin_config_dataset_or_process_count_is_refused(tmp_path):
     config = "train_fn.learning_rate = 0.01\ntrain_fn.num_epochs = 3"
     save_checkpoint(path, {"gin_config": config, "dataset": {"num_users": 9}, "world_size": 2})
     with pytest.raises(CheckpointError) as error:
-        load_checkpoint(path, "train_fn.learning_rate = 0.01\ntrain_fn.num_epochs = 5", {"num_users": 9})
+        load_checkpoint(path, "train_fn.learning_rate = 0.02\ntrain_fn.num_epochs = 3", {"num_users": 9}, 2)
     message = str(error.value)
-    assert "different gin config" in message
-    assert message.endswith("- checkpoint, + this run):\n-train_fn.num_epochs = 3\n+train_fn.num_epochs = 5")
+    assert "different gin config" in message and "\n" not in message
+    assert message.endswith("(- checkpoint, + this run): -train_fn.learning_rate = 0.01; +train_fn.learning_rate = 0.02")
+    # More epochs, nothing else changed: the run goes on; fewer are refused.
+    extended = "train_fn.learning_rate = 0.01\ntrain_fn.num_epochs = 5"
+    assert load_checkpoint(path, extended, {"num_users": 9}, world_size=2)["world_size"] == 2
+    with pytest.raises(CheckpointError, match="only a larger train_fn.num_epochs"):
+        load_checkpoint(path, "train_fn.learning_rate = 0.01\ntrain_fn.num_epochs = 2", {"num_users": 9}, 2)
     with pytest.raises(CheckpointError, match=r"other data \({'num_users': 9}\), not {'num_users': 10}"):
         load_checkpoint(path, config, {"num_users": 10}, world_size=2)
     with pytest.raises(CheckpointError, match=r"written by 2 process\(es\), and this run has 1"):
@@ -165,7 +171,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_results(tiny_hstu, uninterru
     results = _train_in_process(config, tmp_path, resume=True)
     assert results["resumed_at"] == [{"epoch": checkpoint_step // 10, "step": checkpoint_step}]
     assert _comparable(results) == _comparable(uninterrupted)
-    with pytest.raises(CheckpointError, match=r"different gin config(.|\n)*\+train_fn.learning_rate = 0.02"):
+    with pytest.raises(RunFolderError, match=r"another configuration .*\+train_fn.learning_rate = 0.02"):
         _train_in_process(config, tmp_path, resume=True, extra_bindings=("train_fn.learning_rate = 0.02",))
 
 
@@ -194,7 +200,7 @@ def test_sigkilled_main_resumes_to_the_uninterrupted_results(tiny_hstu, tmp_path
         [sys.executable, "-c", killer, *argv], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    run_dir = tmp_path / "killed" / "cyclic" / "hstu-tiny-s42"
+    run_dir = run_folder(tmp_path / "killed")
     checkpoint = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
     assert checkpoint["progress"]["step"] == 12 and checkpoint["progress"]["batches_done"] == 2
 
@@ -202,5 +208,5 @@ def test_sigkilled_main_resumes_to_the_uninterrupted_results(tiny_hstu, tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {run_dir} at epoch 1, step 12" in resumed.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    expected = json.loads((tmp_path / "straight" / "cyclic" / "hstu-tiny-s42" / "results.json").read_text())
+    expected = json.loads((run_folder(tmp_path / "straight") / "results.json").read_text())
     assert _comparable(results) == _comparable(expected)

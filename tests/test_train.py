@@ -1,6 +1,7 @@
 """Smoke tests of the whole train path: main.py, gin, data, model, loss, evaluation."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,12 @@ train_fn.num_epochs = 2
     return path
 
 
+def run_folder(exps: Path, seed: int = 42) -> Path:
+    """The one run folder of ``seed`` under ``exps`` (its name carries the hash of the bindings)."""
+    (folder,) = exps.glob(f"cyclic/*-s{seed}")
+    return folder
+
+
 def run_main(config: Path, *bindings: str, flags: Sequence[str] = ()) -> subprocess.CompletedProcess:
     args = [sys.executable, "main.py", f"--gin_config_file={config}", "--master_port=12399", *flags]
     args += [f"--gin_bindings={b}" for b in bindings]
@@ -86,7 +93,8 @@ def test_seeds_run_once_each_log_to_tensorboard_and_end_with_their_table(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = {}
     for seed in (3, 5):
-        run_dir = tmp_path / "exps" / "cyclic" / f"hstu-tiny-s{seed}"
+        run_dir = run_folder(tmp_path / "exps", seed)
+        assert re.fullmatch(rf"hstu-tiny-[0-9a-f]{{7}}-s{seed}", run_dir.name)  # num_epochs differs from the file
         runs[seed] = json.loads((run_dir / "results.json").read_text())
         assert runs[seed]["seed"] == seed and f"train_fn.random_seed = {seed}" in runs[seed]["gin_config"]
     assert runs[3]["epochs"] != runs[5]["epochs"]
@@ -95,7 +103,7 @@ def test_seeds_run_once_each_log_to_tensorboard_and_end_with_their_table(tmp_pat
     assert row.split()[1] == "3,5"
     assert f"{np.mean(ndcg10):.4f} ± {np.std(ndcg10, ddof=1):.4f}" in row
 
-    events = EventAccumulator(str(tmp_path / "exps" / "cyclic" / "hstu-tiny-s3"))
+    events = EventAccumulator(str(run_folder(tmp_path / "exps", 3)))
     events.Reload()
     assert {"losses/train", "valid/ndcg@10", "test_best/ndcg@10", "test_last/ndcg@10"} <= set(events.Tags()["scalars"])
     assert [e.value for e in events.Scalars("valid/mrr")] == [pytest.approx(runs[3]["best"]["valid"]["mrr"])]
@@ -114,7 +122,9 @@ def test_reference_protocol_reports_the_last_full_test_evaluation(tmp_path):
         config, "train_fn.num_epochs = 3", "train_fn.partial_eval_num_iters = 1", "train_fn.eval_batch_size = 32"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-reference-s42" / "results.json").read_text())
+    run_dir = run_folder(tmp_path / "exps")
+    assert run_dir.name.startswith("hstu-tiny-reference-")
+    results = json.loads((run_dir / "results.json").read_text())
     evals = [(e["epoch"], e["split"], e["full"], e["users"]) for e in results["evaluations"]]
     # Full passes at epochs 0 and 2 (the last), one partial batch of 32 users at epoch 1.
     assert evals == [(0, "test", True, 320), (1, "test", False, 32), (2, "test", True, 320)]
@@ -222,7 +232,7 @@ def test_length_bucketed_batches_train_every_sequence_once_per_epoch(tmp_path):
     cyclic_dataset(tmp_path / "data")
     proc = run_main(tiny_config(tmp_path, "HSTU"), "train_fn.length_bucketed_batches = True")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "exps" / "cyclic" / "hstu-tiny-s42" / "results.json").read_text())
+    results = json.loads((run_folder(tmp_path / "exps") / "results.json").read_text())
     assert results["best"]["test"]["hr@10"] > 0.6
     # 320 users x 2 epochs: each training sequence once per epoch.
     trained = results["train_sequences_per_second"] * results["train_seconds"]

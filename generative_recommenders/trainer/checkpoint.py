@@ -8,7 +8,6 @@ so negatives and dropout draw the same numbers.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import random
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.errors import UserError
+from generative_recommenders.trainer.run_folder import config_differences, only_extends_epochs
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "generative_recommenders.trainer/2"  # 2: with the LR schedule's state
@@ -108,15 +108,12 @@ def load_checkpoint(path: Path, gin_config: str, dataset: Dict[str, Any], world_
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this trainer (format {CHECKPOINT_FORMAT})")
-    if state["gin_config"] != gin_config:
-        diff = difflib.unified_diff(
-            state["gin_config"].splitlines(), gin_config.splitlines(), "checkpoint", "this run", lineterm="", n=0
-        )
-        changes = [line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")]
+    if state["gin_config"] != gin_config and not only_extends_epochs(state["gin_config"], gin_config):
+        changes = "; ".join(config_differences(state["gin_config"], gin_config))
         raise CheckpointError(
             f"{path} was written under a different gin config, so --resume would not continue the "
-            "same run; restore the config, or start over without --resume. Differences "
-            "(- checkpoint, + this run):\n" + "\n".join(changes)
+            "same run (only a larger train_fn.num_epochs may change); restore the config, or start over "
+            f"with --overwrite. Differences (- checkpoint, + this run): {changes}"
         )
     if state["dataset"] != dataset:
         raise CheckpointError(

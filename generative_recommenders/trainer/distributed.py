@@ -310,6 +310,15 @@ def gather_objects(obj: Any, context: DistributedContext) -> List[Any]:
     return gathered
 
 
+def broadcast_object(obj: Any, context: DistributedContext) -> Any:
+    """Rank 0's ``obj`` (picklable), on every rank."""
+    if not context.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def mean_across_ranks(value: torch.Tensor, context: DistributedContext) -> float:
     """The mean of a scalar over the ranks (e.g. the loss to log)."""
     total = value.detach().to(device=context.device, dtype=torch.float64).reshape(1)

@@ -12,11 +12,17 @@ described in ``protocol.py``, checkpoint/resume in ``checkpoint.py``.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
+import datetime
 import functools
+import importlib.metadata
 import math
 import os
+import platform
 import random
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -53,6 +59,7 @@ from generative_recommenders.trainer.distributed import (
     DistributedContext,
     ShardSampler,
     barrier,
+    broadcast_object,
     gather_objects,
     mean_across_ranks,
     process_seed,
@@ -61,6 +68,7 @@ from generative_recommenders.trainer.distributed import (
     wrap_for_training,
 )
 from generative_recommenders.trainer.protocol import ModelSelection, ProtocolViews, protocol_views
+from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, check_existing_run
 from generative_recommenders.trainer.run_log import RunLog
 
 logger = get_logger(__name__)
@@ -184,6 +192,11 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         if config.with_text
         else None
     )
+    if config.num_negatives > data.num_items and context.is_main:
+        logger.warning(
+            "train_fn.num_negatives = %d is more than the %d items of %s: negatives repeat within a position",
+            config.num_negatives, data.num_items, config.dataset_name,
+        )
     views = protocol_views(data, config.max_sequence_length, config.eval_protocol)
     if len(views.train) == 0:
         raise ConfigError(
@@ -252,7 +265,6 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
     """Opens the run's log; with ``resume``, restores the checkpoint (weights, optimizer, schedule,
     selection, generators) and returns where it stopped."""
     config, context = run.config, run.context
-    run.run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = run.run_dir / CHECKPOINT_FILE
     progress, checkpoint = Progress(), None
     if resume and checkpoint_path.is_file():
@@ -268,7 +280,8 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
     elif resume and context.is_main:
         logger.info("no checkpoint in %s: starting from scratch", run.run_dir)
     elif checkpoint_path.is_file() and context.is_main:
-        logger.info("starting over: removing the earlier run's checkpoint %s", checkpoint_path)
+        # Only a checkpoint written before the first epoch ended (no results.json yet) gets here.
+        logger.info("starting over: removing the unfinished first epoch's checkpoint %s", checkpoint_path)
         checkpoint_path.unlink()
     barrier(context)  # no rank may still be reading the checkpoint rank 0 removes
 
@@ -287,7 +300,10 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
             "rank_cap": config.rank_cap,
             "device": str(run.device),
             "world_size": context.world_size,
+            "run_config": run.gin_config,
             "gin_config": run.gin_config,
+            "config": dataclasses.asdict(config),
+            "provenance": provenance(run.device),
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "skipped_users": {"train": run.views.train.num_skipped_users, "eval": run.views.eval.num_skipped_users},
         },
@@ -379,7 +395,9 @@ def train_epoch(run: TrainingRun, progress: Progress) -> None:
     run.model.train()
     run.train_sampler.set_position(epoch, progress.batches_done)
     clock = time.perf_counter()
-    for batch in tqdm(run.train_loader, desc=f"epoch {epoch}", leave=False, mininterval=5, disable=not context.is_main):
+    # Off where stderr is no terminal (piped, a log file): bars would only interleave with the lines.
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch}", leave=False, mininterval=0.5, disable=None if context.is_main else True)
+    for batch in bar:
         lr = run.scheduler.get_last_lr()[0]
         try:
             loss = train_step(run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16)
@@ -456,27 +474,103 @@ def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
     log.results["epochs_trained"] = progress.epoch
     log.results["stopped_early"] = progress.epoch < config.num_epochs
     log.results["gin_config"] = gin.operative_config_str()
+    log.results["gin_config_mapping"] = gin_config_mapping(log.results["gin_config"])
     log.results["finished"] = True
     log.close()
     return log.results
 
 
-def train(config: TrainConfig, context: DistributedContext, gin_config: str, resume: bool = False) -> Dict[str, Any]:
+def claim_run_folder(run: TrainingRun, resume: bool, overwrite: bool, stack: contextlib.ExitStack) -> Optional[Dict]:
+    """Locks the run folder (rank 0) and checks what it holds: returns the results when this very
+    configuration has finished there already; a refusal is raised on every rank alike."""
+    outcome: Any = None
+    if run.context.is_main:
+        try:
+            stack.enter_context(RunFolderLock(run.run_dir))
+            outcome = ("ok", check_existing_run(run.run_dir, run.gin_config, resume, overwrite))
+        except RunFolderError as error:
+            outcome = ("refused", str(error))
+    outcome = broadcast_object(outcome, run.context)
+    if outcome[0] == "refused":
+        raise RunFolderError(outcome[1])
+    return outcome[1]
+
+
+def train(
+    config: TrainConfig, context: DistributedContext, gin_config: str, resume: bool = False, overwrite: bool = False
+) -> Dict[str, Any]:
     """Trains and evaluates one run; returns (and writes) its results record."""
     configure_logging()
     run = build(config, context, gin_config)
-    progress = resume_or_start(run, resume)
-    for epoch in range(progress.epoch, config.num_epochs):
-        if run.selection is not None and run.selection.should_stop:
-            break
-        train_epoch(run, progress)
-        evaluate_epoch(run, epoch)
-        run.log.save()
-        write_checkpoint(run, progress)
-    return final_test(run, progress)
+    with contextlib.ExitStack() as stack:
+        finished = claim_run_folder(run, resume, overwrite, stack)
+        if finished is not None:
+            done = f"{run.run_dir} finished all {finished['epochs_trained']} epochs of this configuration already"
+            more = "a larger train_fn.num_epochs with --resume trains on" if resume else "--overwrite trains it again"
+            logger.info("%s; its results stand (%s)", done, more)
+            return finished
+        progress = resume_or_start(run, resume)
+        for epoch in range(progress.epoch, config.num_epochs):
+            if run.selection is not None and run.selection.should_stop:
+                break
+            train_epoch(run, progress)
+            evaluate_epoch(run, epoch)
+            run.log.save()
+            write_checkpoint(run, progress)
+        return final_test(run, progress)
 
 
-@gin.configurable(denylist=["resume", "context"])
+def provenance(device: torch.device) -> Dict[str, Any]:
+    """Where a result comes from: the code's commit, when, which libraries, which device."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+        changed = bool(commit) and bool(
+            subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        commit, changed = None, False
+    versions = {}
+    for package in ("torch", "fbgemm-gpu", "fbgemm-gpu-cpu", "triton", "transformers", "gin-config", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "code_commit": commit,
+        "uncommitted_changes": changed,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "versions": versions,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "host": platform.node(),
+    }
+
+
+def gin_config_mapping(config_text: str) -> Dict[str, Dict[str, Any]]:
+    """``{"train_fn": {"num_epochs": 101, ...}, "hstu_encoder": {...}}`` from a gin config text."""
+    mapping: Dict[str, Dict[str, Any]] = {}
+    statement = ""
+    for line in config_text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        statement = line if " = " in line and not line.startswith(" ") else statement + " " + line.strip()
+        name, _, value = statement.partition(" = ")
+        if "." not in name:
+            continue
+        selector, parameter = name.rsplit(".", 1)
+        try:
+            parsed: Any = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()  # a reference (@name) or a macro, kept as written
+        mapping.setdefault(selector, {})[parameter] = parsed
+    return mapping
+
+
+@gin.configurable(denylist=["resume", "overwrite", "context"])
 def train_fn(
     dataset_name: str = "ml100k",
     max_sequence_length: int = 200,
@@ -522,6 +616,7 @@ def train_fn(
     output_root: str = "exps",
     run_name: Optional[str] = None,
     resume: bool = False,
+    overwrite: bool = False,
     context: Optional[DistributedContext] = None,
 ) -> Dict[str, Any]:
     """Trains and evaluates one model; returns (and writes) the results record.
@@ -535,7 +630,12 @@ def train_fn(
     (``None``: epoch ends only); the reference's ``save_ckpt_every_n`` (in
     epochs) is accepted and covered by the per-epoch checkpoints.
     ``resume=True`` (not a gin parameter: the config must equal the
-    checkpoint's) continues from the checkpoint. ``deterministic=True``
+    checkpoint's, but for a larger ``num_epochs``) continues from the
+    checkpoint. A folder holding another configuration's run, or an unfinished
+    run (without ``resume``), is refused; one holding this configuration's
+    finished run is left as it is and its results returned; ``overwrite=True``
+    (not a gin parameter) replaces what the folder holds. A folder is locked
+    while a run trains in it. ``deterministic=True``
     switches torch to its deterministic kernels for the process (slower where
     a kernel has no deterministic fast path): reruns and resumes are then
     bit-exact, where otherwise gradients that accumulate with atomic adds may
@@ -556,12 +656,16 @@ def train_fn(
     del save_ckpt_every_n
     arguments = dict(locals())
     config = TrainConfig.from_arguments(arguments)
-    return train(config, context or single_process_context(), gin.config_str(), resume)
+    return train(config, context or single_process_context(), gin.config_str(), resume, overwrite)
 
 
 def train_config_file(
-    config_file: str, bindings: Sequence[str], resume: bool = False, context: Optional[DistributedContext] = None
+    config_file: str,
+    bindings: Sequence[str],
+    resume: bool = False,
+    overwrite: bool = False,
+    context: Optional[DistributedContext] = None,
 ) -> Dict[str, Any]:
     """Parses a gin config file plus ``bindings`` and trains it; returns the results record."""
     parse_gin([config_file], bindings)
-    return train_fn(resume=resume, context=context)
+    return train_fn(resume=resume, overwrite=overwrite, context=context)

@@ -1,0 +1,190 @@
+"""A run folder belongs to one configuration, one process at a time; results are never lost or silently replaced."""
+
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generative_recommenders.trainer import train
+from generative_recommenders.trainer.config import ConfigError
+from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, only_extends_epochs
+from generative_recommenders.trainer.train import TrainingDiverged, train_config_file
+from test_train import REPO, cyclic_dataset, run_folder, run_main, tiny_config
+
+ONE_EPOCH = "train_fn.num_epochs = 1"
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    cyclic_dataset(tmp_path / "data")
+    return tmp_path, tiny_config(tmp_path, "HSTU")
+
+
+def test_a_changed_binding_gets_its_own_folder_and_the_earlier_run_stays(tiny):
+    root, config = tiny
+    first = run_main(config, ONE_EPOCH)
+    assert first.returncode == 0, first.stderr[-2000:]
+    # No third-party noise: no fbgemm library lines, no absl-format log lines; bars are off in a pipe.
+    assert first.stderr == "" and first.stdout.startswith("cyclic: 320 users, 40 items; training HSTU")
+    earlier = run_folder(root / "exps")
+    before = _snapshot(earlier)
+    second = run_main(config, ONE_EPOCH, "train_fn.learning_rate = 3e-3")
+    assert second.returncode == 0, second.stderr[-2000:]
+    folders = sorted(p.name for p in (root / "exps" / "cyclic").iterdir())
+    assert len(folders) == 2 and earlier.name in folders
+    changed = next(root / "exps" / "cyclic" / f for f in folders if f != earlier.name)
+    assert json.loads((changed / "results.json").read_text())["config"]["learning_rate"] == 3e-3
+    assert _snapshot(earlier) == before  # not a byte of the earlier run changed
+    # The same bindings, in another order and spacing, name the same folder: a rerun finds its finished run.
+    again = run_main(config, "train_fn.learning_rate=3e-3", ONE_EPOCH)
+    assert again.returncode == 0
+    assert f"{changed} finished all 1 epochs of this configuration already; its results stand" in again.stdout
+    assert len(list((root / "exps" / "cyclic").iterdir())) == 2
+
+
+def test_a_folder_of_another_configuration_is_refused_in_one_line_and_left_as_it_was(tiny):
+    root, config = tiny
+    assert run_main(config, ONE_EPOCH).returncode == 0
+    folder = run_folder(root / "exps")
+    before = _snapshot(folder)
+    # The config file edited in place: same name, another configuration.
+    config.write_text(config.read_text().replace("train_fn.learning_rate = 1e-2", "train_fn.learning_rate = 5e-2"))
+    proc = run_main(config, ONE_EPOCH)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "holds a run of another configuration" in lines[0] and "+train_fn.learning_rate = 0.05" in lines[0]
+    assert "--overwrite" in lines[0]
+    assert _snapshot(folder) == before
+    replaced = run_main(config, ONE_EPOCH, flags=["--overwrite"])
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert json.loads((folder / "results.json").read_text())["config"]["learning_rate"] == 0.05
+
+
+def test_debug_shows_the_traceback(tiny):
+    _, config = tiny
+    proc = run_main(config, "train_fn.num_negatives = 0", flags=["--debug"])
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "main.py: train_fn.num_negatives must be >= 1, got 0"
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("train_fn.num_negatives = 0", "train_fn.num_negatives must be >= 1, got 0"),
+        ("train_fn.local_batch_size = 0", "train_fn.local_batch_size must be >= 1, got 0"),
+        ("train_fn.eval_batch_size = -4", "train_fn.eval_batch_size must be >= 1, got -4"),
+        ('train_fn.num_epochs = "two"', "train_fn.num_epochs must be an integer, got 'two'"),
+        ("train_fn.num_epochs = 2.5", "train_fn.num_epochs must be an integer, got 2.5"),
+        ('train_fn.learning_rate = "fast"', "train_fn.learning_rate must be a number, got 'fast'"),
+        ("train_fn.dropout_rate = 1.5", "train_fn.dropout_rate must be in [0, 1), got 1.5"),
+        ('train_fn.item_l2_norm = "yes"', "train_fn.item_l2_norm must be True or False, got 'yes'"),
+        ("train_fn.patience = 0", "train_fn.patience must be >= 1, got 0"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_before_anything_is_written(tiny, binding, message):
+    root, config = tiny
+    with pytest.raises(ConfigError) as error:
+        train_config_file(str(config), [binding])
+    assert str(error.value) == message
+    assert not (root / "exps").exists()
+
+
+def test_more_negatives_than_items_is_a_warning_with_the_numbers(tiny, capsys):
+    _, config = tiny
+    train_config_file(str(config), [ONE_EPOCH, "train_fn.num_negatives = 64"])
+    assert "train_fn.num_negatives = 64 is more than the 40 items of cyclic" in capsys.readouterr().out
+
+
+def test_a_nan_loss_is_one_line_naming_the_step(tiny, monkeypatch):
+    _, config = tiny
+    real_loss = train.training_loss
+
+    def nan_at_third_step(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        nan_at_third_step.calls += 1
+        return loss * math.nan if nan_at_third_step.calls == 3 else loss
+
+    nan_at_third_step.calls = 0
+    monkeypatch.setattr(train, "training_loss", nan_at_third_step)
+    with pytest.raises(TrainingDiverged) as error:
+        train_config_file(str(config), [ONE_EPOCH])
+    assert str(error.value) == (
+        "the training loss became nan; lower train_fn.learning_rate or raise train_fn.num_warmup_steps (epoch 0, step 2)"
+    )
+
+
+def test_resume_extends_a_finished_run_and_a_finished_run_says_so(tiny, capsys):
+    root, config = tiny
+    two = train_config_file(str(config), [])  # 2 epochs
+    folder = Path(two["run_dir"])
+    again = train_config_file(str(config), [], resume=True)
+    assert again == two
+    assert f"{folder} finished all 2 epochs of this configuration already; its results stand" in capsys.readouterr().out
+    three = train_config_file(str(config), ["train_fn.num_epochs = 3"], resume=True)
+    assert three["epochs_trained"] == 3 and three["resumed_at"] == [{"epoch": 2, "step": 20}]
+    assert three["epochs"][:2] == two["epochs"]  # the first two epochs are the finished run's
+    with pytest.raises(RunFolderError, match="another configuration"):  # more epochs without --resume: a new run
+        train_config_file(str(config), ["train_fn.num_epochs = 4"])
+    assert only_extends_epochs("a = 1\ntrain_fn.num_epochs = 2", "a = 1\ntrain_fn.num_epochs = 3")
+    assert not only_extends_epochs("a = 1\ntrain_fn.num_epochs = 3", "a = 2\ntrain_fn.num_epochs = 4")
+
+
+def test_an_unfinished_run_is_neither_restarted_nor_replaced_without_being_asked(tiny):
+    root, config = tiny
+    results = train_config_file(str(config), [])
+    folder = Path(results["run_dir"])
+    unfinished = dict(results, finished=False)
+    (folder / "results.json").write_text(json.dumps(unfinished))
+    with pytest.raises(RunFolderError, match="unfinished run of this configuration .* --resume .* --overwrite"):
+        train_config_file(str(config), [])
+
+
+def test_a_folder_in_use_is_refused_and_a_dead_holder_is_taken_over(tiny):
+    root, config = tiny
+    folder = root / "exps" / "cyclic" / "hstu-tiny-s42"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path\n"
+         "from generative_recommenders.trainer.run_folder import RunFolderLock\n"
+         f"lock = RunFolderLock(Path({str(folder)!r})).__enter__(); print('locked', flush=True); time.sleep(60)"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        proc = run_main(config, 'train_fn.run_name = "hstu-tiny"')
+        assert proc.returncode == 1
+        assert f"{folder} is in use by process {holder.pid} on" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    # The killed holder's lock went with it: the next run takes the folder over.
+    proc = run_main(config, 'train_fn.run_name = "hstu-tiny"')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(folder / ".lock") as lock_file:  # released again at the end of the run
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_results_record_their_provenance_and_config(tiny):
+    _, config = tiny
+    results = train_config_file(str(config), [ONE_EPOCH])
+    provenance = results["provenance"]
+    assert provenance["python"].count(".") == 2 and provenance["versions"]["torch"].startswith("2.")
+    assert provenance["started"].endswith("+00:00")
+    assert len(provenance["code_commit"] or "") in (0, 40)  # a commit in a git checkout
+    assert results["config"]["num_epochs"] == 1 and results["config"]["dataset_name"] == "cyclic"
+    mapping = results["gin_config_mapping"]
+    assert mapping["train_fn"]["num_epochs"] == 1 and mapping["hstu_encoder"]["dqk"] == 16
+    with RunFolderLock(Path(results["run_dir"])):  # the run released its folder
+        pass
+    assert os.environ.get("GR_DEBUG") in (None, "", "0")
