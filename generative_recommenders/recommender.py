@@ -356,15 +356,18 @@ class Recommender:
         return out
 
     def _frame(self, ranked: List[Tuple[np.ndarray, np.ndarray]], user_ids: Optional[List[str]]) -> pd.DataFrame:
-        id2item = self.data.maps["id2item"]
-        rows = []
-        for position, (items, scores) in enumerate(ranked):
-            for rank, (item, score) in enumerate(zip(items.tolist(), scores.tolist()), start=1):
-                row = {"rank": rank, "item_id": id2item[item], "score": score, "title": self.titles[item], "cold": bool(self.cold[item])}
-                rows.append(row if user_ids is None else {"user_id": user_ids[position], **row})
-        columns = ["rank", "item_id", "score", "title", "cold"]
-        frame = pd.DataFrame(rows, columns=columns if user_ids is None else ["user_id", *columns])
-        return frame.astype({"rank": "int64", "score": "float32", "cold": "bool"})
+        counts = [len(items) for items, _ in ranked]
+        items = np.concatenate([items for items, _ in ranked]).astype(np.int64)
+        columns = {
+            "rank": np.concatenate([np.arange(1, count + 1) for count in counts]).astype(np.int64),
+            "item_id": np.asarray(self.data.maps["id2item"], dtype=object)[items],
+            "score": np.concatenate([scores for _, scores in ranked]).astype(np.float32),
+            "title": np.asarray(self.titles, dtype=object)[items],
+            "cold": self.cold[items],
+        }
+        if user_ids is not None:
+            columns = {"user_id": np.repeat(np.asarray(user_ids, dtype=object), counts), **columns}
+        return pd.DataFrame(columns)
 
     def _recommend(
         self, histories: List[Tuple[np.ndarray, np.ndarray, int]], excluded: List[np.ndarray], k: int
