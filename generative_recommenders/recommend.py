@@ -119,6 +119,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--output", type=Path, help="with --all_users: recs.csv or recs.parquet")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user (default 10)")
     parser.add_argument("--include_history", action="store_true", help="keep items the user has already seen")
+    parser.add_argument("--include_cold", action="store_true",
+                        help="also rank items never trained on (default: only for models with text)")
     parser.add_argument("--weights", choices=("best", "last"), default="best")
     parser.add_argument("--index", choices=INDEX_KINDS, default="exact",
                         help="exact (default) or a faiss index: flat, hnsw, ivf (saved in the run folder)")
@@ -136,7 +138,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.chunk_size < 1:
         raise RecommenderError(f"--chunk_size {args.chunk_size}: must be at least 1")
 
-    rec = Recommender.from_run(args.run_dir, args.weights, args.device, args.data_dir, args.index)
+    rec = Recommender.from_run(
+        args.run_dir, args.weights, args.device, args.data_dir, args.index, True if args.include_cold else None
+    )
     exclude_history = not args.include_history
     source = f"{args.run_dir} ({args.weights} weights, {args.index} retrieval)"
     for user in args.user_id:

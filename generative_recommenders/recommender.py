@@ -23,16 +23,18 @@ two items or before their history window). Its id embedding never learned
 anything, so an id-only model leaves cold items out of recommendations and
 gives them a NaN score; a model with text (``add``, ``gate``, ``concat``,
 ``text_only``) scores them from their text embedding and includes them,
-marking them ``cold``.
+marking them ``cold``. ``include_cold=True`` includes them for any model, as
+the evaluation ranks them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -81,57 +83,62 @@ class _RunModel(NamedTuple):
     max_sequence_length: int
 
 
-def _build_model_for_run(
-    results: Dict[str, Any], data: SequenceDataset, text_embeddings: Optional[torch.Tensor], device: torch.device
-) -> _RunModel:
-    """The run's untrained model as ``train_fn`` built it, and its history length.
+@contextlib.contextmanager
+def _run_settings(results: Dict[str, Any]) -> Iterator[Callable[[str], Any]]:
+    """``setting(name)``: the run's ``train_fn`` parameter, while the run's gin config is bound.
 
-    The one place that reads how a run was configured: today from the gin
-    config recorded in results.json. The gin state of the caller is restored.
+    Today a run's configuration is the gin config recorded in results.json;
+    the caller's gin state is restored afterwards.
     """
     import gin
 
-    from generative_recommenders.trainer.train import build_model, train_fn
+    from generative_recommenders.trainer.train import train_fn
 
     defaults = inspect.signature(train_fn).parameters
     previous = gin.config_str()
+
+    def setting(name: str) -> Any:
+        try:
+            return gin.query_parameter(f"train_fn.{name}")
+        except ValueError:
+            return defaults[name].default
+
     with gin.unlock_config():
         gin.clear_config()
         try:
             gin.parse_config(results["gin_config"], skip_unknown=True)
-
-            def setting(name: str) -> Any:
-                try:
-                    return gin.query_parameter(f"train_fn.{name}")
-                except ValueError:
-                    return defaults[name].default
-
-            max_sequence_length = setting("max_sequence_length")
-            model = build_model(
-                setting("main_module"),
-                data.num_items,
-                setting("item_embedding_dim"),
-                max_sequence_length + setting("gr_output_length") + 1,
-                setting("dropout_rate"),
-                setting("user_embedding_norm"),
-                setting("l2_norm_eps"),
-                text_embeddings,
-            )
+            yield setting
         finally:
             gin.clear_config()
             if previous:
                 gin.parse_config(previous)
+
+
+def _build_model_for_run(
+    results: Dict[str, Any], data: SequenceDataset, text_embeddings: Optional[torch.Tensor], device: torch.device
+) -> _RunModel:
+    """The run's untrained model as ``train_fn`` built it, and its history length."""
+    from generative_recommenders.trainer.train import build_model
+
+    with _run_settings(results) as setting:
+        max_sequence_length = setting("max_sequence_length")
+        model = build_model(
+            setting("main_module"),
+            data.num_items,
+            setting("item_embedding_dim"),
+            max_sequence_length + setting("gr_output_length") + 1,
+            setting("dropout_rate"),
+            setting("user_embedding_norm"),
+            setting("l2_norm_eps"),
+            text_embeddings,
+        )
     return _RunModel(model.to(device), max_sequence_length)
 
 
 def _data_dir_of_run(results: Dict[str, Any]) -> Path:
-    """``train_fn.data_root / train_fn.dataset_name`` as recorded in the run's gin config."""
-    values = {}
-    for line in results["gin_config"].splitlines():
-        name, _, value = line.partition("=")
-        if name.strip() in ("train_fn.data_root", "train_fn.dataset_name"):
-            values[name.strip()] = value.strip().strip("'\"")
-    return Path(values.get("train_fn.data_root", "tmp")) / values.get("train_fn.dataset_name", results["dataset"]["name"])
+    """The prepared folder the run was trained on: ``data_root / dataset_name``."""
+    with _run_settings(results) as setting:
+        return Path(setting("data_root")) / setting("dataset_name")
 
 
 def _as_list(ids: Ids) -> List[str]:
@@ -151,6 +158,7 @@ class Recommender:
     titles: List[str]  # by 0-based item index: the first line of the item's text
     cold: np.ndarray  # bool by 0-based item index
     uses_text: bool
+    include_cold: bool  # recommend and score cold items
     device: torch.device
     index_kind: str = "exact"
     _candidate_cache: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
@@ -164,6 +172,7 @@ class Recommender:
         device: Optional[Union[str, torch.device]] = None,
         data_dir: Optional[Union[str, Path]] = None,
         index: str = "exact",
+        include_cold: Optional[bool] = None,
     ) -> "Recommender":
         """Loads a finished run: its weights, dataset maps, item texts and (for text models) text embeddings.
 
@@ -171,7 +180,8 @@ class Recommender:
         (its ``data_root/dataset_name``); the data found there must be the
         same as the run's. ``index`` picks the retrieval: ``exact`` (chunked
         matrix product) or a faiss index ``flat``, ``hnsw``, ``ivf``, built
-        once and saved in the run folder.
+        once and saved in the run folder. ``include_cold`` (default: when the
+        model has text) ranks and scores cold items too, as the evaluation does.
         """
         run_dir = Path(run_dir)
         results_path = run_dir / RESULTS_FILE
@@ -231,6 +241,7 @@ class Recommender:
             titles=[text.split("\n", 1)[0] for text in texts],
             cold=_cold_items(data, max_sequence_length, results.get("protocol", "validated")),
             uses_text=text_embeddings is not None,
+            include_cold=text_embeddings is not None if include_cold is None else include_cold,
             device=device,
             index_kind=index,
         )
@@ -335,7 +346,7 @@ class Recommender:
     def _top_k(self, queries: torch.Tensor, excluded: List[np.ndarray], k: int) -> List[Tuple[np.ndarray, np.ndarray]]:
         """``(0-based items, scores)`` best first per query, without its ``excluded`` items (and cold
         ones when the model cannot score them)."""
-        if not self.uses_text:
+        if not self.include_cold:
             cold = np.flatnonzero(self.cold)
             excluded = [np.concatenate([items, cold]) for items in excluded]
         if self.index_kind == "exact":
@@ -439,14 +450,14 @@ class Recommender:
     def score(self, user_ids: Ids, item_ids: Ids) -> Scores:
         """The ranking score of each user (from their whole sequence) for each item.
 
-        A cold item's score is NaN when the model has no text to score it from.
+        A cold item's score is NaN unless cold items are included (a model with text).
         """
         users = self._user_indices(user_ids)
         items = self._item_indices(item_ids, "items to score")
         queries = self._queries([self._user_history(user) for user in users])
         scores = (queries @ self._candidates()[torch.from_numpy(items + 1).to(self.device)].T).cpu().numpy()
         cold = self.cold[items]
-        if not self.uses_text:
+        if not self.include_cold:
             scores[:, cold] = np.nan
         return Scores(np.array(_as_list(user_ids)), np.array(_as_list(item_ids)), scores, cold)
 
