@@ -186,13 +186,14 @@ class Recommender:
         run_dir = Path(run_dir)
         results_path = run_dir / RESULTS_FILE
         if not results_path.is_file():
-            raise RecommenderError(f"{results_path} not found: --run_dir must be a training run's folder (exps/<dataset>/<run>)")
+            raise RecommenderError(f"{results_path} not found: the run folder must be a training run's (exps/<dataset>/<run>)")
         try:
             results = json.loads(results_path.read_text(encoding="utf-8"))
             recorded = results["dataset"]
-            results["gin_config"]
         except (ValueError, KeyError, TypeError) as e:
             raise RecommenderError(f"{results_path}: not a run's results file ({type(e).__name__}: {e})") from None
+        if not isinstance(results.get("gin_config"), str):
+            raise RecommenderError(f"{results_path}: holds no gin_config; the run did not start properly, train it again")
         if weights not in WEIGHTS:
             raise RecommenderError(f"weights={weights!r}: choose 'best' or 'last'")
         if index not in INDEX_KINDS:
