@@ -177,7 +177,8 @@ class Recommender:
         """Loads a finished run: its weights, dataset maps, item texts and (for text models) text embeddings.
 
         ``data_dir`` defaults to the prepared folder the run was trained on
-        (its ``data_root/dataset_name``); the data found there must be the
+        (its ``data_root/dataset_name``, a relative root taken from the current
+        folder as training took it); the data found there must be the
         same as the run's. ``index`` picks the retrieval: ``exact`` (chunked
         matrix product) or a faiss index ``flat``, ``hnsw``, ``ivf``, built
         once and saved in the run folder. ``include_cold`` (default: when the
