@@ -1,13 +1,16 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: demo test clean
 
-$(VENV)/.runtime: requirements.txt
+# The package itself is installed editable (its pinned requirements are already in place),
+# so `import generative_recommenders` works from any folder with this venv's python.
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt

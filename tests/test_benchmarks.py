@@ -5,6 +5,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from generative_recommenders.data.dataset import SequenceView, collate_sequences
@@ -55,3 +57,19 @@ def test_attention_benchmark_times_every_backend():
     args = argparse.Namespace(tokens_per_batch=64, warmup=1, steps=1)
     result = attention.measure(16, ["padded", "torch"], args, torch.device("cpu"))
     assert set(result["seconds"]) == {"padded", "torch"} and min(result["seconds"].values()) > 0
+
+
+def test_retrieval_benchmark_catalogue_is_clustered_and_exact_kinds_have_full_recall():
+    pytest.importorskip("faiss")
+    retrieval = _benchmark("retrieval")
+    items, queries = retrieval.clustered_catalogue(3000, 50, 16, clusters=20, spread=0.05)
+    assert items.shape == (3000, 16) and queries.shape == (50, 16)
+    np.testing.assert_allclose(np.linalg.norm(items, axis=1), 1.0, rtol=1e-5)
+    # Clustered: a query's nearest items are far closer than a random item.
+    scores = queries @ items.T
+    assert np.sort(scores, axis=1)[:, -10:].mean() > 0.9 > scores.mean() + 0.5
+    truth = np.argsort(-scores, axis=1)[:, :10]
+    for kind in ("exact", "flat"):
+        assert retrieval.measure(kind, items, queries, truth, 10)["recall"] == 1.0
+    assert retrieval.recall_at_k(truth[:, ::-1], truth) == 1.0
+    assert retrieval.recall_at_k(np.zeros_like(truth), truth) == pytest.approx(np.mean((truth == 0).sum(1)) / 10)

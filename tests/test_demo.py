@@ -1,4 +1,4 @@
-"""The demo end to end, on a tiny stand-in for MovieLens-100K: it ends with the comparison table."""
+"""The demo end to end, on a tiny stand-in for MovieLens-100K: the comparison table, then one user's recommendations."""
 
 import json
 
@@ -6,7 +6,7 @@ import gin
 import numpy as np
 import pandas as pd
 
-from generative_recommenders import demo
+from generative_recommenders import Recommender, demo
 from generative_recommenders.data.sequence_format import write_sequence_dataset
 from generative_recommenders.text.embedding_store import compute_item_text_embeddings, write_item_texts
 from test_train import _HashEncoder
@@ -34,7 +34,7 @@ def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys
     finally:
         gin.clear_config()
     out = capsys.readouterr().out
-    table = out[out.index("== ml100k"):].splitlines()
+    table = out[out.index("== ml100k"):out.index("User u0's last five films")].splitlines()
     rows = [line for line in table if line and not line.startswith(("==", "(", " ", "wrote "))]
     assert [line.split("  ")[0] for line in rows] == ["model", "SASRec", "HSTU", "HSTU + minilm"]
 
@@ -53,3 +53,16 @@ def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys
     ]
     for name in ("comparison.md", "comparison.csv", "comparison_metrics.png", "comparison_curves.png"):
         assert (tmp_path / "exps" / "ml100k" / name).stat().st_size > 0
+
+    # Then the first user's last five films and the best run's top 10, with titles.
+    runs = [tmp_path / "exps" / "ml100k" / f"demo-{c}-s7" for c in (
+        "sasrec-sampled-softmax-n128-final", "hstu-sampled-softmax-n128-final", "hstu-sampled-softmax-n128-minilm")]
+    best = max(runs, key=lambda run: json.loads((run / "results.json").read_text())["best"]["valid"]["ndcg@10"])
+    maps = json.loads((tmp_path / "data" / "ml100k" / "data_maps.json").read_text())
+    history = pd.read_csv(tmp_path / "data" / "ml100k" / "sasrec_format.csv")["sequence_item_ids"][0]
+    last_five = [maps["id2item"][int(i)] for i in history.split(",")[-5:]]
+    ending = out[out.index("User u0's last five films"):].splitlines()
+    assert [line.split() for line in ending[1:6]] == [[item, "movie", item] for item in last_five]
+    assert ending[7] == f"Top 10 for user u0 from {best} (best validation NDCG@10 of the demo's runs):"
+    expected = Recommender.from_run(best).recommend("u0", k=10)
+    assert [line.split()[1] for line in ending[9:19]] == expected["item_id"].tolist() and len(ending) == 19

@@ -17,6 +17,16 @@ METRIC_NAMES = tuple(
 )
 
 
+def exclude_items(scores: torch.Tensor, item_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A copy of ``scores [B, num_items + 1]`` with padding column 0 and ``item_ids [B, L]`` at -inf.
+
+    ``item_ids`` are 1-based, 0 is padding; -inf ranks below every finite score.
+    """
+    masked = scores.clone() if item_ids is None else scores.scatter(1, item_ids, float("-inf"))
+    masked[:, 0] = float("-inf")
+    return masked
+
+
 def target_ranks(
     scores: torch.Tensor,
     target_ids: torch.Tensor,
@@ -37,8 +47,7 @@ def target_ranks(
         raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
     target_scores = scores.gather(1, target_ids.view(-1, 1))
     # Excluded items drop to -inf, below any finite target; the target then counts itself.
-    masked = scores.clone() if history_ids is None else scores.scatter(1, history_ids, float("-inf"))
-    masked[:, 0] = float("-inf")
+    masked = exclude_items(scores, history_ids)
     masked.scatter_(1, target_ids.view(-1, 1), target_scores)
     ranks = (masked >= target_scores).sum(dim=1)
     if rank_cap is not None:

@@ -1,15 +1,61 @@
-"""Full-ranking evaluation of a sequential recommender, chunked over users."""
+"""Full-ranking evaluation of a sequential recommender, chunked over users.
+
+The scoring here is the one every consumer of a trained model uses (the
+evaluation, and ``generative_recommenders.recommender``): a user's query
+embedding dotted with :func:`candidate_embeddings`, history excluded with
+``metrics.exclude_items``.
+"""
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 
 from generative_recommenders.evaluation.metrics import MetricAccumulator, target_ranks
 
 
+def candidate_embeddings(model: torch.nn.Module) -> torch.Tensor:
+    """Every item's ranking embedding ``[num_items + 1, D]`` (row 0 is padding).
+
+    ``model`` provides ``all_item_embeddings()`` and ``normalize_items(x)``.
+    """
+    return model.normalize_items(model.all_item_embeddings())
+
+
 @torch.no_grad()
+def user_target_ranks(
+    model: torch.nn.Module,
+    batches: Iterable[Dict[str, torch.Tensor]],
+    device: torch.device,
+    rank_cap: Optional[int] = None,
+    max_batches: Optional[int] = None,
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(user_index, rank)`` of each batch's targets among every item, on the CPU.
+
+    ``model`` provides ``query_embeddings(ids, lengths, timestamps)`` and what
+    :func:`candidate_embeddings` needs. Candidate embeddings are computed
+    once; memory is bounded by batch size x catalogue size.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        candidates = candidate_embeddings(model)  # [I + 1, D]
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            # Pinned batches (on CUDA) copy while the previous chunk is still ranking.
+            history, lengths, timestamps, targets = (
+                batch[key].to(device, non_blocking=True)
+                for key in ("history_ids", "history_lengths", "history_timestamps", "target_ids")
+            )
+            queries = model.query_embeddings(history, lengths, timestamps)
+            scores = queries @ candidates.T  # one matmul per chunk of users
+            yield batch["user_index"], target_ranks(scores, targets, history, rank_cap).cpu()
+    finally:
+        model.train(was_training)
+
+
 def evaluate_ranking(
     model: torch.nn.Module,
     batches: Iterable[Dict[str, torch.Tensor]],
@@ -17,26 +63,8 @@ def evaluate_ranking(
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
 ) -> MetricAccumulator:
-    """Ranks each batch's targets against every item; returns summed metrics.
-
-    ``model`` provides ``query_embeddings(ids, lengths, timestamps)``,
-    ``all_item_embeddings()`` and ``normalize_items(x)``. Candidate embeddings
-    are computed once; memory is bounded by batch size x catalogue size.
-    """
-    was_training = model.training
-    model.eval()
-    candidates = model.normalize_items(model.all_item_embeddings())  # [I + 1, D]
+    """Ranks each batch's targets against every item (:func:`user_target_ranks`); returns summed metrics."""
     acc = MetricAccumulator()
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        # Pinned batches (on CUDA) copy while the previous chunk is still ranking.
-        history, lengths, timestamps, targets = (
-            batch[key].to(device, non_blocking=True)
-            for key in ("history_ids", "history_lengths", "history_timestamps", "target_ids")
-        )
-        queries = model.query_embeddings(history, lengths, timestamps)
-        scores = queries @ candidates.T  # one matmul per chunk of users
-        acc.add(target_ranks(scores, targets, history, rank_cap).cpu())
-    model.train(was_training)
+    for _, ranks in user_target_ranks(model, batches, device, rank_cap, max_batches):
+        acc.add(ranks)
     return acc
