@@ -322,6 +322,7 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--data_root", default="tmp")
+    parser.add_argument("--json", help="also write every number to this file: {case: {path: {...}}}")
     parser.add_argument("--child", choices=["speed", "memory"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -340,8 +341,10 @@ def main(argv: List[str]) -> None:
           f"{args.warmup} warm-up + {args.steps} timed steps per path\n")
     print("| case | path | train seq/s | vs reference | s/epoch | data % | eval users/s | vs reference | peak MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
+    everything: Dict[str, Dict[str, Any]] = {}
     for case in cases:
         speed = _child(args, "speed", case, args.paths)
+        everything[case] = speed
         if "failed" in speed:
             print(f"| {case} | failed: {speed['failed']} ||||||||", flush=True)
             continue
@@ -349,6 +352,7 @@ def main(argv: List[str]) -> None:
         for path in args.paths:
             memory = _child(args, "memory", case, [path])
             r = speed[path]
+            r["peak_mib"] = memory.get("peak_mib")
             if "error" in r:
                 print(f"| {case} | {path} | {r['error']} ||||||| {_format(memory.get('peak_mib'))} |", flush=True)
                 continue
@@ -360,6 +364,9 @@ def main(argv: List[str]) -> None:
                 f"| {_format(memory.get('peak_mib'))} |",
                 flush=True,
             )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(everything, indent=1))
 
 
 if __name__ == "__main__":

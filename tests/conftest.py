@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,10 @@ def jagged_backend(request) -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _project_logs_reach_caplog():
+    """A training run in an earlier test sets up the project's stdout channel, which stops
+    propagation to the root logger; each test starts with propagation on, so caplog sees its records."""
+    logging.getLogger("generative_recommenders").propagate = True

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from generative_recommenders.data.dataset import SequenceView, collate_sequences
 
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
 def _benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
@@ -73,3 +77,40 @@ def test_retrieval_benchmark_catalogue_is_clustered_and_exact_kinds_have_full_re
         assert retrieval.measure(kind, items, queries, truth, 10)["recall"] == 1.0
     assert retrieval.recall_at_k(truth[:, ::-1], truth) == 1.0
     assert retrieval.recall_at_k(np.zeros_like(truth), truth) == pytest.approx(np.mean((truth == 0).sum(1)) / 10)
+
+
+gpu_check = _benchmark("gpu_check")
+
+
+def test_gpu_check_says_there_is_no_cuda_in_one_line_and_exits_0(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the real check")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "gpu_check: no CUDA device here (torch sees none); nothing to check\n"
+    assert not any(tmp_path.iterdir())
+
+
+def test_gpu_check_compares_backends_on_the_same_inputs_and_flags_a_wrong_one():
+    inputs = gpu_check.attention_inputs(50, torch.device("cpu"), tokens=400)
+    lengths = (inputs[1].offsets[1:] - inputs[1].offsets[:-1]).tolist()
+    assert min(lengths) == 1 and max(lengths) == 50
+    reference = gpu_check.attention_and_gradients("torch", inputs, bf16=False)
+    padded = gpu_check.attention_and_gradients("padded", inputs, bf16=False)
+    assert len(reference) == 6  # the output and the gradients of q, k, v and both bias tables
+    assert gpu_check._worst_excess(padded, reference, *gpu_check.TOLERANCE["fp32"]) <= 0
+    wrong = [t * 1.01 for t in padded]
+    assert gpu_check._worst_excess(wrong, reference, *gpu_check.TOLERANCE["fp32"]) > 0
+
+
+def test_a_failing_gpu_check_is_a_row_and_the_others_still_run():
+    def failing(check):
+        raise RuntimeError("no kernel image is available")
+
+    checks = []
+    gpu_check._run_check(checks, "fails", failing)
+    gpu_check._run_check(checks, "passes", lambda check: None)
+    assert [(c.name, c.status, c.detail) for c in checks] == [
+        ("fails", "FAIL", "RuntimeError: no kernel image is available"), ("passes", "ok", "")
+    ]
+    assert "fails   FAIL" in gpu_check.table(checks, "a test device")

@@ -156,7 +156,7 @@ def test_too_long_batch_is_a_clear_error():
 
 def _encode_with_grads(model, ids, lengths, ts):
     out = model.encode(ids, lengths, ts)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.device)
     (out * weights).sum().backward()
     return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
@@ -208,3 +208,22 @@ def test_sasrec_grouped_attention_gives_the_padded_reference_outputs_and_gradien
     assert reference_grads.keys() == grads.keys() and len(grads) == len(list(model.parameters()))
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["hstu", "sasrec"])
+def test_models_on_cuda_give_the_cpu_outputs_and_gradients(kind):
+    """The default backends on CUDA (HSTU: the Triton kernel once its probe passes) against the CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu_model = _model(kind, "torch").train()
+    cuda_model = _model(kind, "auto").train().cuda()
+    ids, lengths, ts = _batch([1, MAX_LEN, 5, 2, 9], MAX_LEN)
+    want_out, want_grads = _encode_with_grads(cpu_model, ids, lengths, ts)
+    got_out, got_grads = _encode_with_grads(cuda_model, ids.cuda(), lengths.cuda(), ts.cuda())
+    valid = torch.arange(MAX_LEN).unsqueeze(0) < lengths.unsqueeze(1)
+    torch.testing.assert_close(got_out.cpu()[valid], want_out[valid], rtol=1e-4, atol=1e-5)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name].cpu(), grad, rtol=1e-3, atol=1e-5, msg=name)
+    if kind == "hstu":
+        assert cuda_model.encoder.attention_backend_in_use(torch.device("cuda", 0), training=True) == "triton"

@@ -187,8 +187,10 @@ def test_attention_rejects_bad_arguments():
 
 def test_backend_choice(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert hstu_attention.resolve_backend("auto", cpu, dropout=False) == "torch"
     monkeypatch.setattr(hstu_attention, "triton_available", lambda: True)
+    monkeypatch.setattr(hstu_attention, "triton_passes_probe", lambda device: True)
     assert hstu_attention.resolve_backend("auto", cuda, dropout=False) == "triton"
     # Attention dropout has no kernel: the PyTorch path takes over.
     assert hstu_attention.resolve_backend("auto", cuda, dropout=True) == "torch"
@@ -198,6 +200,60 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(ValueError, match="no attention dropout"):
         hstu_attention.resolve_backend("triton", cuda, dropout=True)
     assert hstu_attention.resolve_backend("padded", cuda, dropout=True) == "padded"
+
+
+def _grouped_reference(q, k, v, sequences, num_positions, pw, tw):
+    return hstu_attention.hstu_attention(q, k, v, sequences, num_positions, pw, tw, backend="torch")
+
+
+def _raising_kernel(*args, **kwargs):
+    raise RuntimeError("no kernel image is available for execution on the device")
+
+
+def _wrong_kernel(q, k, v, sequences, num_positions, pw, tw):
+    return _grouped_reference(q, k, v, sequences, num_positions, pw, tw) * 1.01
+
+
+@pytest.mark.parametrize(
+    "kernel, passes, reason",
+    [(_grouped_reference, True, None), (_raising_kernel, False, "RuntimeError: no kernel image"),
+     (_wrong_kernel, False, "disagrees with the PyTorch path")],
+)
+def test_the_triton_probe_passes_a_right_kernel_and_fails_a_broken_or_wrong_one(monkeypatch, caplog, kernel, passes,
+                                                                              reason):
+    from generative_recommenders.ops import hstu_attention_triton
+
+    monkeypatch.setattr(hstu_attention_triton, "triton_hstu_attention", kernel)
+    hstu_attention.triton_passes_probe.cache_clear()
+    try:
+        assert hstu_attention.triton_passes_probe(torch.device("cpu")) is passes
+    finally:
+        hstu_attention.triton_passes_probe.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if passes:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and reason in warnings[0] and warnings[0].endswith("; using the PyTorch path")
+
+
+def test_a_failed_probe_falls_back_to_the_pytorch_path_with_its_results(monkeypatch, caplog):
+    from generative_recommenders.ops import hstu_attention_triton
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # where the kernel would run: the CPU, under the interpreter
+    monkeypatch.setattr(hstu_attention, "triton_available", lambda: True)
+    monkeypatch.setattr(hstu_attention_triton, "triton_hstu_attention", _raising_kernel)
+    hstu_attention.triton_passes_probe.cache_clear()
+    try:
+        inputs = _attention_inputs([1, N, 7])
+        fallback = _attention_and_grads("auto", inputs)
+        again = _attention_and_grads("auto", inputs)  # the probe ran once: one warning
+        reference = _attention_and_grads("torch", inputs)
+    finally:
+        hstu_attention.triton_passes_probe.cache_clear()
+    for got, want in zip(fallback, reference):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert [torch.equal(a, b) for a, b in zip(again, fallback)] == [True] * len(fallback)
+    assert sum(r.levelname == "WARNING" for r in caplog.records) == 1
 
 
 def _on(device, inputs):
@@ -231,7 +287,8 @@ def _triton_checks(device: str) -> None:
         got = _attention_and_grads("torch", _on(device, inputs), kernel)
         for want, value in zip(expected, got):
             torch.testing.assert_close(value.cpu(), want, **fp32)
-    # hstu_attention itself chooses the kernel when it is forced (automatically on CUDA).
+    # The probe passes the real kernel; hstu_attention chooses it when forced (automatically on CUDA).
+    assert hstu_attention.triton_passes_probe(torch.device(device))
     inputs = _attention_inputs([4, 16])
     expected = _attention_and_grads("torch", inputs)
     got = _attention_and_grads("triton", _on(device, inputs))
@@ -262,6 +319,7 @@ def test_triton_kernel_equals_the_pytorch_path_in_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-5000:]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_triton_kernel_on_cuda():
     pytest.importorskip("triton")

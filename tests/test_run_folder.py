@@ -183,6 +183,9 @@ def test_results_record_their_provenance_and_config(tiny):
     assert provenance["started"].endswith("+00:00")
     assert len(provenance["code_commit"] or "") in (0, 40)  # a commit in a git checkout
     assert results["config"]["num_epochs"] == 1 and results["config"]["dataset_name"] == "cyclic"
+    # What ran: on a CPU the length-grouped PyTorch attention (the Triton kernel is for CUDA).
+    assert results["attention_backend"] == {"requested": "auto", "training": "torch", "evaluation": "torch"}
+    assert results["jagged_backend"] in ("torch", "fbgemm")
     mapping = results["gin_config_mapping"]
     assert mapping["train_fn"]["num_epochs"] == 1 and mapping["hstu_encoder"]["dqk"] == 16
     with RunFolderLock(Path(results["run_dir"])):  # the run released its folder

@@ -154,6 +154,11 @@ class HSTUEncoder(torch.nn.Module):
             + ("" if enable_relative_attention_bias else "-norab")
         )
 
+    def attention_backend_in_use(self, device: torch.device, training: bool) -> str:
+        """The attention backend that runs on ``device`` (training: with the blocks' attention dropout)."""
+        dropout = training and any(block.attn_dropout_rate > 0 for block in self.blocks)
+        return hstu_attention.resolve_backend(self.blocks[0].attention_backend, device, dropout)
+
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:

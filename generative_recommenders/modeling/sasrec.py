@@ -118,6 +118,12 @@ class SASRecEncoder(torch.nn.Module):
             f"-d{ffn_dropout_rate}"
         )
 
+    def attention_backend_in_use(self, device: torch.device, training: bool) -> str:
+        """The attention backend that runs: ``padded`` when asked for, else the length groups
+        (softmax attention has no Triton kernel)."""
+        del device, training
+        return "padded" if self.attention_backend == "padded" else "torch"
+
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor
     ) -> torch.Tensor:

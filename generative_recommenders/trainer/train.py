@@ -449,6 +449,14 @@ def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
     """Saves the weights and reports what the protocol reports: the test of the best and of the last
     weights (validated), or the last full evaluation (reference)."""
     config, context, log, selection = run.config, run.context, run.log, run.selection
+    in_use = getattr(getattr(run.model, "encoder", None), "attention_backend_in_use", None)
+    if in_use is not None:  # what ran, after the probe of the Triton kernel (CUDA) had its say
+        log.results["attention_backend"] = {
+            "requested": config.attention_backend,
+            "training": in_use(run.device, training=True),
+            "evaluation": in_use(run.device, training=False),
+        }
+    log.results["jagged_backend"] = jagged.resolve_backend(config.jagged_backend)
     log.results["train_seconds"] = progress.train_seconds
     log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
     test_loader = create_data_loader(
