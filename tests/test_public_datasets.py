@@ -149,6 +149,8 @@ def test_amazon_fixture_exact_outputs(tmp_path: Path, capsys) -> None:
     assert "dropped 1 interaction(s) with 1 item(s) without metadata" in printed
     assert "dropped 1 item(s) with fewer than 5 interactions (4 interactions)" in printed
     assert "dropped 2 user(s) with fewer than 5 interactions (8 interactions)" in printed
+    # Every kept user rated 5 distinct items.
+    assert "last item 0.00%, second-to-last 0.00%" in printed
     assert "amzn23_game: 4 users, 5 items, 20 interactions, sequence length mean 5.0 / median 5.0" in printed
     assert "WARNING: amzn23_game has 5 items where the paper reports 25,612 (-25,607)" in printed
 

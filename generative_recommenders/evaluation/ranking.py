@@ -16,8 +16,13 @@ def evaluate_ranking(
     device: torch.device,
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
+    repeated_target: str = "rank",
 ) -> MetricAccumulator:
     """Ranks each batch's targets against every item; returns summed metrics.
+
+    ``rank_cap`` and ``repeated_target`` (``"rank"``, or ``"miss"`` as the
+    reference: a target that repeats a history item scores a miss) are those
+    of :func:`target_ranks`.
 
     ``model`` provides ``query_embeddings(ids, lengths, timestamps)``,
     ``all_item_embeddings()`` and ``normalize_items(x)``. Candidate embeddings
@@ -37,6 +42,6 @@ def evaluate_ranking(
         )
         queries = model.query_embeddings(history, lengths, timestamps)
         scores = queries @ candidates.T  # one matmul per chunk of users
-        acc.add(target_ranks(scores, targets, history, rank_cap).cpu())
+        acc.add(target_ranks(scores, targets, history, rank_cap, repeated_target).cpu())
     model.train(was_training)
     return acc
