@@ -25,6 +25,12 @@ class SequentialRecommender(torch.nn.Module):
 
     ``max_sequence_len`` is the number of learned positions; the encoder's own
     ``max_sequence_len`` must be the same.
+
+    ``position_init`` initializes the position embeddings as the reference's
+    models do: ``"truncated_normal"`` (std ``sqrt(1 / D)`` truncated at two
+    std, as its SASRec keeps them) or ``"xavier_normal"`` (untruncated, std
+    ``sqrt(2 / (N + D))`` for ``N`` positions: its HSTU re-initializes them so
+    after construction).
     """
 
     def __init__(
@@ -35,19 +41,27 @@ class SequentialRecommender(torch.nn.Module):
         dropout_rate: float,
         user_embedding_norm: str = "l2_norm",
         l2_norm_eps: float = 1e-6,
+        position_init: str = "truncated_normal",
     ) -> None:
         super().__init__()
         if user_embedding_norm not in ("l2_norm", "layer_norm"):
             raise ValueError(
                 f"user_embedding_norm must be 'l2_norm' or 'layer_norm', got {user_embedding_norm!r}"
             )
+        if position_init not in ("truncated_normal", "xavier_normal"):
+            raise ValueError(
+                f"position_init must be 'truncated_normal' or 'xavier_normal', got {position_init!r}"
+            )
         self.item_embedding = item_embedding
         self.encoder = encoder
         self.embedding_dim = item_embedding.embedding_dim
         self.max_sequence_len = max_sequence_len
         self.position_embedding = torch.nn.Embedding(max_sequence_len, self.embedding_dim)
-        std = math.sqrt(1.0 / self.embedding_dim)
-        torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
+        if position_init == "xavier_normal":
+            torch.nn.init.xavier_normal_(self.position_embedding.weight)
+        else:
+            std = math.sqrt(1.0 / self.embedding_dim)
+            torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
         self.input_dropout = torch.nn.Dropout(dropout_rate)
         self.user_embedding_norm = user_embedding_norm
         self.l2_norm_eps = l2_norm_eps
