@@ -137,8 +137,9 @@ def test_amazon_fixture_texts_byte_for_byte() -> None:
             },
             "Caf   Mug ,  lead.  7 ",
         ),
-        # Nothing in any field: "" (the item then gets its id as text), not four spaces.
+        # Nothing but blanks: "" (the item then gets its id as text), not the reference's spaces.
         ({"title": "", "features": [], "categories": None}, ""),
+        ({"title": "\u2122", "features": ["<br>"]}, ""),
     ],
 )
 def test_amazon_recipe_edge_cases(record, expected) -> None:

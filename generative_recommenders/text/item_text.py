@@ -88,7 +88,7 @@ def amazon_item_text(record: Dict[str, Any]) -> str:
     missing field or None) is :func:`reference_clean`-ed, so an empty list or
     a missing field gives "". Every field, empty or not, is followed by one
     space: the text ends with a space and an empty field leaves two. A record
-    with no text in any field gives "" (not the reference's four spaces), so
+    whose text is blank (the reference's four spaces, or more) gives "", so
     that :func:`item_texts` falls back to its item id as for every recipe.
     """
     fields = []
@@ -100,7 +100,8 @@ def amazon_item_text(record: Dict[str, Any]) -> str:
             fields.append(f"{value}.")
         else:
             fields.append(reference_clean(value))
-    return "".join(f"{field} " for field in fields) if any(fields) else ""
+    text = "".join(f"{field} " for field in fields)
+    return text if text.strip() else ""
 
 
 def steam_item_text(record: Dict[str, Any]) -> str:
