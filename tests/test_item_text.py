@@ -139,7 +139,7 @@ def test_amazon_fixture_texts_byte_for_byte() -> None:
         ),
         # Nothing but blanks: "" (the item then gets its id as text), not the reference's spaces.
         ({"title": "", "features": [], "categories": None}, ""),
-        ({"title": "\u2122", "features": ["<br>"]}, ""),
+        ({"title": "\u2122", "features": [], "description": " <br> "}, ""),
     ],
 )
 def test_amazon_recipe_edge_cases(record, expected) -> None:
