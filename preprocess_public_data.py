@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import pandas as pd
 
 from generative_recommenders.data import amazon2023, steam
+from generative_recommenders.data.dataset import repeated_target_shares
 from generative_recommenders.data.local import (
     ITEM_METADATA_FILE,
     Items,
@@ -191,6 +192,13 @@ def prepare_dataset(
         f"{stats['num_interactions']:,} interactions, sequence length "
         f"mean {stats['mean_sequence_length']:.1f} / median {stats['median_sequence_length']:.1f}, "
         f"{time.perf_counter() - start:.1f} s -> {out_dir}"
+    )
+    # Over the whole history, so the share bounds that of any max_sequence_length.
+    repeated = repeated_target_shares(dataset, None)
+    print(
+        f"{name}: users whose target repeats an earlier item of theirs (whole history): "
+        f"last item {repeated['last']:.2%}, second-to-last {repeated['second_to_last']:.2%} "
+        f"(the reference's evaluation counts such a target as a miss)"
     )
     return texts, stats["num_items"]
 

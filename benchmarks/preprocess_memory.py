@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -48,13 +48,45 @@ def _ids(rng: np.random.Generator, count: int, prefix: str, length: int) -> np.n
     return np.array(sorted(ids)[:count])
 
 
-def write_ratings(path: Path, rng: np.random.Generator, users: np.ndarray, items: np.ndarray, num_ratings: int) -> None:
-    """A 5-core CSV: every user and item has >= 5 ratings; popularity is Zipf-like."""
+def power_law_lengths(rng: np.random.Generator, count: int, mean: float, low: int, high: int) -> np.ndarray:
+    """``count`` lengths in ``low..high`` with P(n) proportional to n^-a, a set so the mean is ``mean``.
+
+    The long tail of Amazon's 5-core users: most have 5 or 6 ratings, a few many more.
+    """
+    if not low < mean < (low + high) / 2:
+        raise ValueError(f"a decreasing power law on {low}..{high} has a mean in ({low}, {(low + high) / 2}), not {mean}")
+    lengths = np.arange(low, high + 1)
+
+    def probabilities(exponent: float) -> np.ndarray:
+        weights = lengths.astype(np.float64) ** -exponent
+        return weights / weights.sum()
+
+    lower, upper = 0.0, 50.0  # the mean falls as the exponent grows
+    for _ in range(60):
+        exponent = (lower + upper) / 2
+        lower, upper = (exponent, upper) if probabilities(exponent) @ lengths > mean else (lower, exponent)
+    return rng.choice(lengths, count, p=probabilities((lower + upper) / 2))
+
+
+def write_ratings(
+    path: Path, rng: np.random.Generator, users: np.ndarray, items: np.ndarray, num_ratings: int,
+    max_user_ratings: Optional[int] = None,
+) -> None:
+    """A 5-core CSV: every user and item has >= 5 ratings; item popularity is Zipf-like.
+
+    Users' rating counts are Zipf-like too, or, with ``max_user_ratings``, a
+    power law on ``5..max_user_ratings`` with about ``num_ratings`` in all.
+    """
     min_count = 5
+    if max_user_ratings is None:
+        extra_users = rng.choice(len(users), num_ratings - min_count * len(users), p=_zipf(len(users)))
+        user_column = np.concatenate([np.repeat(np.arange(len(users)), min_count), extra_users])
+    else:
+        lengths = power_law_lengths(rng, len(users), num_ratings / len(users), min_count, max_user_ratings)
+        user_column = np.repeat(np.arange(len(users)), lengths)
+        num_ratings = len(user_column)
     extra_items = rng.choice(len(items), num_ratings - min_count * len(items), p=_zipf(len(items)))
     item_column = rng.permutation(np.concatenate([np.repeat(np.arange(len(items)), min_count), extra_items]))
-    extra_users = rng.choice(len(users), num_ratings - min_count * len(users), p=_zipf(len(users)))
-    user_column = np.concatenate([np.repeat(np.arange(len(users)), min_count), extra_users])
     frame = pd.DataFrame(
         {
             "user_id": users[user_column],
@@ -126,7 +158,10 @@ def generate(raw: Path, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     asins = _ids(rng, args.metadata_records, "B0", 10)
     rated = rng.choice(asins, args.rated_items, replace=False)
-    write_ratings(raw / "Office_Products.csv.gz", rng, _ids(rng, args.users, "A", 28), rated, args.ratings)
+    write_ratings(
+        raw / "Office_Products.csv.gz", rng, _ids(rng, args.users, "A", 28), rated, args.ratings,
+        args.max_user_ratings,
+    )
     write_metadata(raw / "meta_Office_Products.jsonl.gz", rng, asins)
 
 
@@ -136,6 +171,10 @@ def main() -> None:
     parser.add_argument("--rated_items", type=int, default=77_600)
     parser.add_argument("--users", type=int, default=223_300)
     parser.add_argument("--ratings", type=int, default=1_800_000)
+    parser.add_argument(
+        "--max_user_ratings", type=int,
+        help="users' rating counts from a power law on 5..this (default: Zipf-like, unbounded)",
+    )
     parser.add_argument("--generate_into", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.metadata_records < args.rated_items or args.ratings < 5 * max(args.users, args.rated_items):

@@ -27,6 +27,8 @@ def _benchmark(name: str):
 
 train_throughput = _benchmark("train_throughput")
 attention = _benchmark("attention")
+preprocess_memory = _benchmark("preprocess_memory")
+paper_scale = _benchmark("paper_scale")
 
 
 def test_synthetic_histories_span_one_to_the_length():
@@ -114,3 +116,31 @@ def test_a_failing_gpu_check_is_a_row_and_the_others_still_run():
         ("fails", "FAIL", "RuntimeError: no kernel image is available"), ("passes", "ok", "")
     ]
     assert "fails   FAIL" in gpu_check.table(checks, "a test device")
+
+
+def test_power_law_lengths_have_the_asked_mean_and_bounds():
+    lengths = preprocess_memory.power_law_lengths(np.random.default_rng(0), 200_000, 8.06, 5, 50)
+    assert lengths.min() == 5 and lengths.max() == 50
+    assert lengths.mean() == pytest.approx(8.06, rel=0.01)
+    # A long tail: most users at the minimum, the count falling with the length.
+    counts = np.bincount(lengths)
+    assert counts[5] > counts[6] > counts[10] > counts[50] > 0
+    with pytest.raises(ValueError, match="mean"):
+        preprocess_memory.power_law_lengths(np.random.default_rng(0), 10, 40.0, 5, 50)
+
+
+def test_paper_run_projection_by_hand():
+    # 100,000 users: 101 epochs at 1,000 sequences/s; 21 full evaluations (epochs 0, 5, ..., 100)
+    # and 80 partial ones of 64 x 128 = 8,192 users, at 500 users/s.
+    hours = paper_scale.projected_hours(100_000, train_rate=1_000.0, eval_rate=500.0)
+    assert hours["train_hours"] == pytest.approx(101 * 100_000 / 1_000 / 3600)
+    assert hours["eval_hours"] == pytest.approx((21 * 100_000 + 80 * 8_192) / 500 / 3600)
+    assert hours["total_hours"] == pytest.approx(hours["train_hours"] + hours["eval_hours"])
+    # Fewer users than a partial evaluation's batches: every evaluation is a full one.
+    assert paper_scale.projected_hours(1_000, 1.0, 1.0)["eval_hours"] == pytest.approx(101 * 1_000 / 3600)
+
+
+def test_random_text_encoder_is_seeded():
+    first = paper_scale.RandomEncoder().encode(["a", "b"])
+    assert first.shape == (2, 768) and first.dtype == torch.float32
+    assert torch.equal(first, paper_scale.RandomEncoder().encode(["c", "d"]))

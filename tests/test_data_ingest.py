@@ -111,6 +111,21 @@ def test_local_format_defaults_rating_and_ordinal_timestamps(tmp_path: Path) -> 
     )
 
 
+def test_preparation_prints_the_share_of_repeated_targets(tmp_path: Path, capsys) -> None:
+    # x: i1 i2 i1 (last repeats); y: i2 i2 i1 (second-to-last repeats); z: i1 i2; w: i2 alone.
+    src = write_local(
+        tmp_path / "src",
+        "user_id,item_id\nx,i1\nx,i2\nx,i1\ny,i2\ny,i2\ny,i1\nz,i1\nz,i2\nw,i2\n",
+        [{"item_id": "i1"}, {"item_id": "i2"}],
+    )
+    assert prepare_local(src, tmp_path / "out") == 0
+    # Last items: 1 of x, y, z (w has no history); second-to-last: 1 of x, y.
+    assert (
+        "toy: users whose target repeats an earlier item of theirs (whole history): "
+        "last item 33.33%, second-to-last 50.00%"
+    ) in capsys.readouterr().out
+
+
 def test_local_min_sequence_length_drops_short_users(tmp_path: Path, capsys) -> None:
     src = write_local(
         tmp_path / "src",

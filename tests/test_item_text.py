@@ -1,3 +1,4 @@
+import gzip
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from generative_recommenders.text.item_text import (
     local_item_text,
     movielens_item_text,
     read_item_metadata,
+    reference_clean,
     steam_item_text,
 )
 
@@ -71,18 +73,92 @@ def test_clean_text_rejects_objects() -> None:
 
 def test_amazon_real_record() -> None:
     assert amazon_item_text(AMAZON_RECORD) == (
-        "Mario Kart 8 Deluxe - Nintendo Switch "
+        "Mario Kart  8 Deluxe - Nintendo Switch "
         "Hit the road with the definitive version of Mario Kart 8, "
         "Includes all 48 courses & 42 characters. "
         "Video Games, Nintendo Switch, Games. "
-        "Race your friends., Battle on the go!."
+        "Race your friends., Battle on the go!. "
     )
 
 
-def test_amazon_missing_and_empty_fields_are_skipped() -> None:
-    record = {"item_id": "X", "title": None, "features": [], "categories": ["Office"]}
-    assert amazon_item_text(record) == "Office."
-    assert amazon_item_text({"item_id": "X", "description": ["", None]}) == ""
+# The fixture's Amazon items and their texts, derived by hand from the reference's recipe:
+# per field, a non-empty list -> elements cleaned, joined with ", ", ended with "."; anything
+# else cleaned; each field followed by one space. Cleaning: unescape, strip, tags out (no
+# space), newlines/tabs -> spaces, runs of spaces collapsed, then each non-ASCII char -> space.
+FIXTURE_AMAZON_TEXTS = {
+    # Empty description: the categories' "." then two spaces.
+    "B00002STXN": "The Legend of Zelda: Ocarina of Time Nintendo 64 classic. "
+    "Video Games, Legacy Systems, Nintendo Systems, Nintendo 64.  ",
+    # "&trade;" unescapes to a non-ASCII char: a space next to the one before "8".
+    "B01N1037CV": "Mario Kart  8 Deluxe - Nintendo Switch  Video Games, Nintendo Switch.  ",
+    # "é" -> space, "&amp;" -> "&", "<br>" and "<p>" leave no space, "." after the list's own ".".
+    "B07DJWBYKP": "Pok mon Sword - Nintendo Switch Catch Pok mon & battle trainers, "
+    "Dynamax battleswith up to 4 players. Video Games, Nintendo Switch, Games. "
+    "A new generation of Pok mon.. ",
+    "B0886P3N8Q": "Rare Collector's Edition Steelbook case. Video Games, PlayStation 4, Games. Limited run.. ",
+    # Empty features and categories: three spaces; the em dash -> a third space around it.
+    "B08FC5L3RG": 'Xbox Wireless Headset   "Superb" sound   15 hours. ',
+    "B0BN942894": "Controller Charging Dock Charges 2 controllers, LED indicator. "
+    "Video Games, PlayStation 5, Accessories, Chargers. Fits DualSense.. ",
+    # Tab and newline -> spaces; empty categories and description: three spaces at the end.
+    "B07SZJZV88": "The Legend of Zelda: Link's Awakening Relive a classic with a fresh look.   ",
+}
+
+
+def test_amazon_fixture_texts_byte_for_byte() -> None:
+    path = Path(__file__).resolve().parent / "fixtures" / "raw" / "meta_Video_Games.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    assert {r["parent_asin"]: amazon_item_text(r) for r in records} == FIXTURE_AMAZON_TEXTS
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        # A float title: its str plus "."; "&nbsp;" unescapes to a non-ASCII space, replaced after
+        # the strip; blank lines collapse; a missing field (categories) leaves two spaces; a
+        # string is cleaned without a ".".
+        (
+            {
+                "title": 12.5,
+                "features": ["  <b>Bold</b>&nbsp;move  ", "two\n\nlines"],
+                "description": "Only a string\tvalue",
+            },
+            "12.5. Bold move, two lines.  Only a string value ",
+        ),
+        # Non-ASCII characters become spaces after the collapse, so their runs stay; an empty list
+        # element stays (", " before it); the space left by a removed tag stays; an int is cleaned.
+        (
+            {
+                "title": "<i>Caf\u00e9\u00a0</i>\u00a0Mug",
+                "features": ["", "<p> lead</p>"],
+                "categories": [],
+                "description": 7,
+            },
+            "Caf   Mug ,  lead.  7 ",
+        ),
+        # Nothing but blanks: "" (the item then gets its id as text), not the reference's spaces.
+        ({"title": "", "features": [], "categories": None}, ""),
+        ({"title": "\u2122", "features": [], "description": " <br> "}, ""),
+    ],
+)
+def test_amazon_recipe_edge_cases(record, expected) -> None:
+    assert amazon_item_text(record) == expected
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        # Strip comes before the tags and newlines: their spaces stay.
+        ("  x\n<br>", "x "),
+        ("<p> a</p>", " a"),
+        (["a &amp; b", None, 3], "a & b, , 3"),
+        ("tab\t\tand\r\nline", "tab and\r line"),
+        (None, ""),
+    ],
+)
+def test_reference_clean(value, expected) -> None:
+    assert reference_clean(value) == expected
 
 
 def test_steam() -> None:

@@ -1,13 +1,17 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from generative_recommenders.data.dataset import SequenceView, collate_sequences
+from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.evaluation.metrics import (
     MetricAccumulator,
     metrics_from_ranks,
     target_ranks,
 )
+from generative_recommenders.evaluation.ranking import evaluate_ranking
 
 
 def test_ranks_by_hand_with_history_removed():
@@ -22,6 +26,82 @@ def test_ranks_by_hand_with_history_removed():
     targets = torch.tensor([2, 2, 3])
     history = torch.tensor([[0, 0], [3, 5], [3, 1]])
     assert target_ranks(scores, targets, history).tolist() == [3, 1, 1]
+
+
+# Items 1..5 scored 0.1, 0.5, 0.9, 0.3, 0.7 (column 0 is padding).
+ITEM_SCORES = torch.tensor([9.0, 0.1, 0.5, 0.9, 0.3, 0.7])
+
+
+@pytest.mark.parametrize(
+    "rule, rank_cap, expected",
+    [
+        # Target 3 (0.9) repeats history item 3: ranked, nothing ahead -> 1.
+        # Target 2 (0.5), history 3 and 5 removed -> 1. Target 5 (0.7), no history: 3 ahead -> 2.
+        # Target 4 (0.3) repeats (twice): 2, 3 and 5 ahead -> 4.
+        ("rank", None, [1, 1, 2, 4]),
+        # The reference's rule: a repeated target is a miss, one past the catalogue's 5 items ...
+        ("miss", None, [6, 1, 2, 6]),
+        # ... or one past the cap; the cap also turns the ranked 4 into 3.
+        ("miss", 2, [3, 1, 2, 3]),
+        ("rank", 2, [1, 1, 2, 3]),
+    ],
+)
+def test_repeated_targets_ranked_or_missed(rule, rank_cap, expected):
+    scores = ITEM_SCORES.expand(4, -1)
+    targets = torch.tensor([3, 2, 5, 4])
+    history = torch.tensor([[3, 1], [3, 5], [0, 0], [4, 4]])
+    assert target_ranks(scores, targets, history, rank_cap, repeated_target=rule).tolist() == expected
+
+
+def test_repeated_target_rule_is_checked():
+    with pytest.raises(ValueError, match="repeated_target must be one of"):
+        target_ranks(ITEM_SCORES.view(1, -1), torch.tensor([1]), repeated_target="drop")
+
+
+class FixedScores(torch.nn.Module):
+    """Scores every user's candidates with ITEM_SCORES: a one-dimensional item table, query 1."""
+
+    def query_embeddings(self, ids, lengths, timestamps):
+        return torch.ones(ids.size(0), 1)
+
+    def all_item_embeddings(self):
+        return ITEM_SCORES.view(-1, 1)
+
+    def normalize_items(self, embeddings):
+        return embeddings
+
+
+def _sequences(*users):
+    """0-based item sequences (ids shift by +1 in the views)."""
+    return SequenceDataset(
+        name="hand-made",
+        num_items=5,
+        item_ids=[np.array(u, dtype=np.int64) for u in users],
+        ratings=[np.ones(len(u), dtype=np.float32) for u in users],
+        timestamps=[np.arange(len(u), dtype=np.int64) for u in users],
+        maps={},
+    )
+
+
+@pytest.mark.parametrize(
+    "max_sequence_length, rule, ranks",
+    [
+        # User 0's last item (id 3) repeats its first: ranked 1, or a miss (rank 6).
+        (50, "rank", [1, 1, 2]),
+        (50, "miss", [6, 1, 2]),
+        # Truncated to one item, user 0's history no longer holds its target: ranked; user 1's
+        # history is item 5 alone, so item 3 (0.9) is ahead of its target 2.
+        (1, "miss", [1, 2, 2]),
+    ],
+)
+def test_evaluation_of_a_dataset_with_a_repeated_target(max_sequence_length, rule, ranks):
+    data = _sequences([2, 0, 2], [2, 4, 1], [0, 3, 3, 4])
+    view = SequenceView(data, max_sequence_length, ignore_last_n=0)
+    batches = [collate_sequences([view[i] for i in range(len(view))])]
+    acc = evaluate_ranking(FixedScores(), batches, torch.device("cpu"), repeated_target=rule)
+    assert acc.count == 3
+    assert acc.means()["mrr"] == pytest.approx(sum(1 / r for r in ranks) / 3)
+    assert acc.means()["hr@1"] == pytest.approx(sum(r == 1 for r in ranks) / 3)
 
 
 def test_ties_are_pessimistic():
@@ -66,7 +146,7 @@ def test_accumulator_averages_over_users_across_chunks():
         MetricAccumulator().means()
 
 
-def _ranks_one_by_one(scores, targets, history, rank_cap=None):
+def _ranks_one_by_one(scores, targets, history, rank_cap=None, rule="rank"):
     """Each user's rank counted item by item: the definition, not the vectorized code."""
     ranks = []
     for b in range(scores.size(0)):
@@ -77,12 +157,15 @@ def _ranks_one_by_one(scores, targets, history, rank_cap=None):
             if item != target and item not in removed and scores[b, item] >= scores[b, target]
         )
         rank = ahead + 1
+        if rule == "miss" and target in {int(i) for i in history[b]}:
+            rank = scores.size(1)  # num_items + 1
         ranks.append(rank_cap + 1 if rank_cap is not None and rank > rank_cap else rank)
     return ranks
 
 
+@pytest.mark.parametrize("rule", ["rank", "miss"])
 @pytest.mark.parametrize("rank_cap", [None, 7])
-def test_ranks_equal_the_item_by_item_count(rank_cap):
+def test_ranks_equal_the_item_by_item_count(rank_cap, rule):
     generator = torch.Generator().manual_seed(4)
     # Few distinct scores: many ties; histories with padding, repeats and the target itself.
     scores = torch.randint(0, 6, (20, 31), generator=generator).float()
@@ -90,5 +173,5 @@ def test_ranks_equal_the_item_by_item_count(rank_cap):
     history = torch.randint(0, 31, (20, 9), generator=generator)
     history[::3, 0] = targets[::3]
     history[1::4, -3:] = 0
-    expected = _ranks_one_by_one(scores, targets, history, rank_cap)
-    assert target_ranks(scores, targets, history, rank_cap).tolist() == expected
+    expected = _ranks_one_by_one(scores, targets, history, rank_cap, rule)
+    assert target_ranks(scores, targets, history, rank_cap, rule).tolist() == expected

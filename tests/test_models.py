@@ -154,6 +154,38 @@ def test_too_long_batch_is_a_clear_error():
         model.encode(ids, lengths, ts)
 
 
+def _position_weights(num_positions: int, dim: int, **options) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = SequentialRecommender(
+        ItemEmbedding(NUM_ITEMS, dim), torch.nn.Identity(), num_positions, dropout_rate=0.0, **options
+    )
+    return model.position_embedding.weight.detach()
+
+
+def test_xavier_normal_positions_have_the_reference_hstu_std():
+    # 2,000 x 64 draws: the sample std is within 1% of the true one; 3% leaves room.
+    weights = _position_weights(2000, 64, position_init="xavier_normal")
+    std = math.sqrt(2 / (2000 + 64))
+    assert weights.std().item() == pytest.approx(std, rel=0.03)
+    assert weights.mean().item() == pytest.approx(0.0, abs=0.01 * std)
+    # Untruncated: about 4.6% of a normal's draws lie beyond two std.
+    beyond = (weights.abs() > 2 * std).float().mean().item()
+    assert 0.035 < beyond < 0.057
+    # The paper's Amazon config: 50 + 10 + 1 positions of dimension 64, std sqrt(2 / 125) = 0.126.
+    assert _position_weights(61, 64, position_init="xavier_normal").std().item() == pytest.approx(0.126, rel=0.05)
+
+
+def test_truncated_normal_positions_by_default():
+    weights = _position_weights(2000, 64)
+    std = math.sqrt(1 / 64)
+    # A normal truncated at two std keeps 0.88 of its std: 0.110 here, and nothing beyond 2 std.
+    assert weights.std().item() == pytest.approx(0.8796 * std, rel=0.03)
+    assert weights.abs().max().item() <= 2 * std
+    assert torch.equal(weights, _position_weights(2000, 64, position_init="truncated_normal"))
+    with pytest.raises(ValueError, match="position_init"):
+        _position_weights(4, 4, position_init="uniform")
+
+
 def _encode_with_grads(model, ids, lengths, ts):
     out = model.encode(ids, lengths, ts)
     weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out.device)

@@ -132,17 +132,18 @@ def test_amazon_fixture_exact_outputs(tmp_path: Path, capsys) -> None:
     ]
     id2item = ["B07DJWBYKP", "B01N1037CV", "B07SZJZV88", "B0BN942894", "B08FC5L3RG"]
     texts = [
-        # "é" becomes a space; "&amp;" "&"; "<br>" and "<p>" go without a space; a list ends with ".".
+        # The reference's recipe (see test_item_text.py): "é" becomes a space; "&amp;" "&"; "<br>"
+        # and "<p>" go without a space; a list ends with "."; every field is followed by a space.
         "Pok mon Sword - Nintendo Switch Catch Pok mon & battle trainers, Dynamax battleswith up to 4 "
-        "players. Video Games, Nintendo Switch, Games. A new generation of Pok mon..",
-        # "&trade;" is non-ASCII once unescaped; empty features and description are left out.
-        "Mario Kart 8 Deluxe - Nintendo Switch Video Games, Nintendo Switch.",
+        "players. Video Games, Nintendo Switch, Games. A new generation of Pok mon.. ",
+        # "&trade;" is non-ASCII once unescaped; empty features and description leave two spaces.
+        "Mario Kart  8 Deluxe - Nintendo Switch  Video Games, Nintendo Switch.  ",
         # A tab and a newline become spaces.
-        "The Legend of Zelda: Link's Awakening Relive a classic with a fresh look.",
+        "The Legend of Zelda: Link's Awakening Relive a classic with a fresh look.   ",
         "Controller Charging Dock Charges 2 controllers, LED indicator. "
-        "Video Games, PlayStation 5, Accessories, Chargers. Fits DualSense..",
+        "Video Games, PlayStation 5, Accessories, Chargers. Fits DualSense.. ",
         # "&quot;" unescaped; the escaped em dash is non-ASCII.
-        'Xbox Wireless Headset "Superb" sound 15 hours.',
+        'Xbox Wireless Headset   "Superb" sound   15 hours. ',
     ]
     records = check_prepared(out, rows, id2user, id2item, texts, "ms")
     assert all(r["parent_asin"] == r["item_id"] and "images" not in r and "videos" not in r for r in records)
@@ -158,6 +159,8 @@ def test_amazon_fixture_exact_outputs(tmp_path: Path, capsys) -> None:
     assert "dropped 1 interaction(s) with 1 item(s) without metadata" in printed
     assert "dropped 1 item(s) with fewer than 5 interactions (4 interactions)" in printed
     assert "dropped 2 user(s) with fewer than 5 interactions (8 interactions)" in printed
+    # Every kept user rated 5 distinct items.
+    assert "last item 0.00%, second-to-last 0.00%" in printed
     assert "amzn23_game: 4 users, 5 items, 20 interactions, sequence length mean 5.0 / median 5.0" in printed
     assert "WARNING: amzn23_game has 5 items where the paper reports 25,612 (-25,607)" in printed
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from generative_recommenders.data.dataset import SequenceView, collate_sequences
+from generative_recommenders.data.dataset import SequenceView, collate_sequences, repeated_target_shares
 from generative_recommenders.data.sequence_format import (
     DatasetFormatError,
     load_sequence_dataset,
@@ -59,6 +59,27 @@ def test_views_pick_the_right_targets(small):
         held_out = small.item_ids[user][-2:] + 1
         assert train[i]["target_id"] not in held_out
         assert not set(train[i]["history_ids"].tolist()) & set(held_out.tolist()) - {train[i]["target_id"]}
+
+
+@pytest.mark.parametrize(
+    "max_sequence_length, last, second_to_last",
+    [
+        # Last items: u1's a (history a b), u2's d (c d e c) and u4's e (e) repeat, u3's c does not;
+        # u5 has no history. Second-to-last: u2's c (c d e) repeats; u1's b and u3's b do not.
+        (None, 3 / 4, 1 / 3),
+        # Two items of history: u2's d no longer sees its d (e c), nor its c (d e).
+        (2, 2 / 4, 0 / 3),
+    ],
+)
+def test_repeated_target_shares(tmp_path, max_sequence_length, last, second_to_last):
+    users = {"u1": "aba", "u2": "cdecd", "u3": "abc", "u4": "ee", "u5": "b"}
+    df = pd.DataFrame(
+        [(user, item, 5, t) for user, items in users.items() for t, item in enumerate(items)],
+        columns=["user_id", "item_id", "rating", "timestamp"],
+    )
+    write_sequence_dataset(tmp_path / "repeats", df)
+    shares = repeated_target_shares(load_sequence_dataset(tmp_path / "repeats"), max_sequence_length)
+    assert shares == {"last": pytest.approx(last), "second_to_last": pytest.approx(second_to_last)}
 
 
 def test_collate_pads_and_places_the_request_time(small):

@@ -14,7 +14,7 @@ Ids are shifted by +1 so that 0 is padding.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -55,6 +55,26 @@ class SequenceView(torch.utils.data.Dataset):
             "target_timestamp": int(times[target]),
             "target_rating": float(ratings[target]),
         }
+
+
+def repeated_target_shares(data: SequenceDataset, max_sequence_length: Optional[int]) -> Dict[str, float]:
+    """Share of users whose target repeats an item of their history, as the model sees it.
+
+    ``"last"``: the test view's target (each user's last item);
+    ``"second_to_last"``: the validation view's. The history is the view's:
+    the at most ``max_sequence_length`` items before the target (``None``:
+    all of them); users without a history item are not counted. Under the
+    reference's evaluation such a target scores a miss.
+    """
+    if max_sequence_length is None:
+        max_sequence_length = max([len(s) for s in data.item_ids], default=1)
+    shares = {}
+    for split, ignore_last_n in (("last", 0), ("second_to_last", 1)):
+        view = SequenceView(data, max_sequence_length, ignore_last_n)
+        examples = (view[i] for i in range(len(view)))
+        repeats = sum(1 for e in examples if (e["history_ids"] == e["target_id"]).any())
+        shares[split] = repeats / len(view) if len(view) else 0.0
+    return shares
 
 
 def collate_sequences(examples: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:

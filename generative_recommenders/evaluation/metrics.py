@@ -27,22 +27,33 @@ def exclude_items(scores: torch.Tensor, item_ids: Optional[torch.Tensor] = None)
     return masked
 
 
+REPEATED_TARGET_RULES = ("rank", "miss")
+
+
 def target_ranks(
     scores: torch.Tensor,
     target_ids: torch.Tensor,
     history_ids: Optional[torch.Tensor] = None,
     rank_cap: Optional[int] = None,
+    repeated_target: str = "rank",
 ) -> torch.Tensor:
     """Rank of each target among all items.
 
     Args:
         scores: ``[B, num_items + 1]``; column 0 (padding) never counts.
         target_ids: ``[B]`` 1-based ids.
-        history_ids: ``[B, L]`` items removed from the ranking (0 = padding);
-            the target itself always stays.
+        history_ids: ``[B, L]`` items removed from the ranking (0 = padding).
         rank_cap: if set, ranks above it become ``rank_cap + 1`` (the
             reference's top-2,500 retrieval).
+        repeated_target: what happens to a target that is one of its own
+            history items. ``"rank"``: it stays in the ranking and is ranked
+            like any other target. ``"miss"`` (the reference: it removes the
+            whole history, the target too): the user scores a miss, rank
+            ``rank_cap + 1``, or without a cap ``num_items + 1``, the rank just
+            past the catalogue (HR@K and NDCG@K 0, MRR ``1 / (num_items + 1)``).
     """
+    if repeated_target not in REPEATED_TARGET_RULES:
+        raise ValueError(f"repeated_target must be one of {REPEATED_TARGET_RULES}, got {repeated_target!r}")
     if not torch.isfinite(scores).all():
         raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
     target_scores = scores.gather(1, target_ids.view(-1, 1))
@@ -50,6 +61,10 @@ def target_ranks(
     masked = exclude_items(scores, history_ids)
     masked.scatter_(1, target_ids.view(-1, 1), target_scores)
     ranks = (masked >= target_scores).sum(dim=1)
+    if repeated_target == "miss" and history_ids is not None:
+        repeated = (history_ids == target_ids.view(-1, 1)).any(dim=1)
+        miss = scores.size(1) if rank_cap is None else rank_cap + 1  # num_items + 1 without a cap
+        ranks = torch.where(repeated, torch.full_like(ranks, miss), ranks)
     if rank_cap is not None:
         ranks = torch.where(ranks > rank_cap, torch.full_like(ranks, rank_cap + 1), ranks)
     return ranks

@@ -30,9 +30,13 @@ def user_target_ranks(
     device: torch.device,
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
+    repeated_target: str = "rank",
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """``(user_index, rank)`` of each batch's targets among every item, on the CPU.
 
+    ``rank_cap`` and ``repeated_target`` (``"rank"``, or ``"miss"`` as the
+    reference: a target that repeats a history item scores a miss) are those
+    of :func:`~generative_recommenders.evaluation.metrics.target_ranks`.
     ``model`` provides ``query_embeddings(ids, lengths, timestamps)`` and what
     :func:`candidate_embeddings` needs. Candidate embeddings are computed
     once; memory is bounded by batch size x catalogue size.
@@ -51,7 +55,7 @@ def user_target_ranks(
             )
             queries = model.query_embeddings(history, lengths, timestamps)
             scores = queries @ candidates.T  # one matmul per chunk of users
-            yield batch["user_index"], target_ranks(scores, targets, history, rank_cap).cpu()
+            yield batch["user_index"], target_ranks(scores, targets, history, rank_cap, repeated_target).cpu()
     finally:
         model.train(was_training)
 
@@ -62,9 +66,10 @@ def evaluate_ranking(
     device: torch.device,
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
+    repeated_target: str = "rank",
 ) -> MetricAccumulator:
     """Ranks each batch's targets against every item (:func:`user_target_ranks`); returns summed metrics."""
     acc = MetricAccumulator()
-    for _, ranks in user_target_ranks(model, batches, device, rank_cap, max_batches):
+    for _, ranks in user_target_ranks(model, batches, device, rank_cap, max_batches, repeated_target):
         acc.add(ranks)
     return acc

@@ -180,4 +180,5 @@ class HSTUEncoder(torch.nn.Module):
 
 @register_model("HSTU")
 def build_hstu(inputs: ModelInputs) -> SequentialRecommender:
-    return sequential_recommender(HSTUEncoder(**encoder_arguments(inputs)), inputs)
+    # The reference re-initializes HSTU's positions with xavier_normal_ after construction (SASRec's it keeps).
+    return sequential_recommender(HSTUEncoder(**encoder_arguments(inputs)), inputs, position_init="xavier_normal")

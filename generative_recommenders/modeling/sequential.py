@@ -29,6 +29,12 @@ class SequentialRecommender(torch.nn.Module):
 
     ``num_positions`` is the number of learned positions; the encoder's own
     ``num_positions`` must be the same.
+
+    ``position_init`` initializes the position embeddings as the reference's
+    models do: ``"truncated_normal"`` (std ``sqrt(1 / D)`` truncated at two
+    std, as its SASRec keeps them) or ``"xavier_normal"`` (untruncated, std
+    ``sqrt(2 / (N + D))`` for ``N`` positions: its HSTU re-initializes them so
+    after construction).
     """
 
     def __init__(
@@ -40,19 +46,27 @@ class SequentialRecommender(torch.nn.Module):
         user_embedding_norm: str = "l2_norm",
         l2_norm_eps: float = 1e-6,
         item_l2_norm: bool = True,
+        position_init: str = "truncated_normal",
     ) -> None:
         super().__init__()
         if user_embedding_norm not in ("l2_norm", "layer_norm"):
             raise ValueError(
                 f"user_embedding_norm must be 'l2_norm' or 'layer_norm', got {user_embedding_norm!r}"
             )
+        if position_init not in ("truncated_normal", "xavier_normal"):
+            raise ValueError(
+                f"position_init must be 'truncated_normal' or 'xavier_normal', got {position_init!r}"
+            )
         self.item_embedding = item_embedding
         self.encoder = encoder
         self.embedding_dim = item_embedding.embedding_dim
         self.num_positions = num_positions
         self.position_embedding = torch.nn.Embedding(num_positions, self.embedding_dim)
-        std = math.sqrt(1.0 / self.embedding_dim)
-        torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
+        if position_init == "xavier_normal":
+            torch.nn.init.xavier_normal_(self.position_embedding.weight)
+        else:
+            std = math.sqrt(1.0 / self.embedding_dim)
+            torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
         self.input_dropout = torch.nn.Dropout(dropout_rate)
         self.user_embedding_norm = user_embedding_norm
         self.l2_norm_eps = l2_norm_eps
@@ -125,8 +139,11 @@ def encoder_arguments(inputs: ModelInputs) -> Dict[str, Any]:
     )
 
 
-def sequential_recommender(encoder: torch.nn.Module, inputs: ModelInputs) -> SequentialRecommender:
-    """``encoder`` with the item embeddings ``inputs`` ask for (fused with text when there is a table)."""
+def sequential_recommender(
+    encoder: torch.nn.Module, inputs: ModelInputs, position_init: str = "truncated_normal"
+) -> SequentialRecommender:
+    """``encoder`` with the item embeddings ``inputs`` ask for (fused with text when there is a table)
+    and learned positions initialized by ``position_init`` (see :class:`SequentialRecommender`)."""
     item_embedding = (
         ItemEmbedding(inputs.num_items, inputs.embedding_dim)
         if inputs.text_embeddings is None
@@ -140,4 +157,5 @@ def sequential_recommender(encoder: torch.nn.Module, inputs: ModelInputs) -> Seq
         user_embedding_norm=inputs.user_embedding_norm,
         l2_norm_eps=inputs.l2_norm_eps,
         item_l2_norm=inputs.item_l2_norm,
+        position_init=position_init,
     )

@@ -27,6 +27,7 @@ STEAM_FIELDS = ("app_name", "publisher", "developer", "genres", "tags", "specs")
 _TAG = re.compile(r"<[^>]+>")
 _NON_ASCII = re.compile(r"[^\x00-\x7F]")
 _WHITESPACE = re.compile(r"\s+")
+_SPACES = re.compile(" +")
 
 
 def _is_number(value: Any) -> bool:
@@ -40,15 +41,34 @@ def _is_text(value: Any) -> bool:
     return value is None or isinstance(value, str) or _is_number(value)
 
 
+def reference_clean(value: Any) -> str:
+    """One metadata value cleaned exactly as the reference cleans Amazon item text.
+
+    In this order: a list is joined with ", " (its elements as ``str``, None
+    as ""); ``html.unescape``; strip; ``<...>`` tags removed (no space put in
+    their place); newlines and tabs turned into spaces; runs of spaces
+    collapsed to one; then each non-ASCII character replaced by a space
+    (after the collapse, so the runs this makes stay). None becomes "";
+    another value becomes its ``str`` first.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        value = ", ".join("" if v is None else str(v) for v in value)
+    text = html.unescape(str(value)).strip()
+    text = _TAG.sub("", text).replace("\n", " ").replace("\t", " ")
+    return _NON_ASCII.sub(" ", _SPACES.sub(" ", text))
+
+
 def clean_text(value: Any) -> str:
-    """Cleans one metadata field the way the reference does for Amazon items.
+    """One metadata field as tidy text: :func:`reference_clean`'s steps, whitespace normalized.
 
     A list has each element cleaned, the non-empty ones joined with ", " and
-    ended with "." (as the reference, even when the last element already ends
-    with one). A string is HTML-unescaped, stripped of tags (with no space in
-    their place, as the reference), has non-ASCII characters replaced by a
-    space and whitespace runs (newlines and tabs included) collapsed to one
-    space. Numbers become ``str(value)``; None and NaN become "".
+    ended with "." (even when the last element already ends with one). A
+    string is HTML-unescaped, stripped of tags (with no space in their place),
+    has each non-ASCII character replaced by a space, and then every
+    whitespace run (newlines and tabs included) collapsed to one space and
+    the ends stripped. Numbers become ``str(value)``; None and NaN become "".
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -59,16 +79,32 @@ def clean_text(value: Any) -> str:
         return str(value)
     if not isinstance(value, str):
         raise TypeError(f"cannot clean a {type(value).__name__} as text: {value!r:.80}")
-    text = html.unescape(value)
-    text = _TAG.sub("", text)
-    # The reference drops non-ASCII characters; the space keeps words apart.
-    text = _NON_ASCII.sub(" ", text)
-    return _WHITESPACE.sub(" ", text).strip()
+    return _WHITESPACE.sub(" ", reference_clean(value)).strip()
 
 
 def amazon_item_text(record: Dict[str, Any]) -> str:
-    """Title, features, categories and description, each cleaned, joined by a space."""
-    return " ".join(text for text in (clean_text(record.get(f)) for f in AMAZON_FIELDS) if text)
+    """The reference's Amazon item text, byte for byte: AMAZON_FIELDS in order.
+
+    Per field: a non-empty list becomes its elements, each
+    :func:`reference_clean`-ed, joined with ", " and ended with "."; a float
+    becomes its ``str`` plus "."; anything else (a string, an empty list, a
+    missing field or None) is :func:`reference_clean`-ed, so an empty list or
+    a missing field gives "". Every field, empty or not, is followed by one
+    space: the text ends with a space and an empty field leaves two. A record
+    whose text is blank (the reference's four spaces, or more) gives "", so
+    that :func:`item_texts` falls back to its item id as for every recipe.
+    """
+    fields = []
+    for key in AMAZON_FIELDS:
+        value = record.get(key)
+        if isinstance(value, list) and value:
+            fields.append(", ".join(map(reference_clean, value)) + ".")
+        elif isinstance(value, float):
+            fields.append(f"{value}.")
+        else:
+            fields.append(reference_clean(value))
+    text = "".join(f"{field} " for field in fields)
+    return text if text.strip() else ""
 
 
 def steam_item_text(record: Dict[str, Any]) -> str:

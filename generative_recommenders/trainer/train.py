@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.data.batching import LengthBucketedBatchSampler, history_lengths
-from generative_recommenders.data.dataset import collate_sequences
+from generative_recommenders.data.dataset import collate_sequences, repeated_target_shares
 from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, MetricAccumulator
@@ -54,7 +54,7 @@ from generative_recommenders.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from generative_recommenders.trainer.config import ConfigError, TrainConfig, parse_gin
+from generative_recommenders.trainer.config import ConfigError, TrainConfig, bound_parameter, parse_gin
 from generative_recommenders.trainer.distributed import (
     DistributedContext,
     ShardSampler,
@@ -306,6 +306,8 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
             "provenance": provenance(run.device),
             "num_parameters": sum(p.numel() for p in model.parameters()),
             "skipped_users": {"train": run.views.train.num_skipped_users, "eval": run.views.eval.num_skipped_users},
+            # Users whose last / second-to-last item repeats an item of their (capped) history.
+            "repeated_targets": repeated_target_shares(run.data, config.max_sequence_length),
         },
         purge_step=progress.step,
         active=context.is_main,
@@ -425,8 +427,13 @@ def train_epoch(run: TrainingRun, progress: Progress) -> None:
 
 
 def evaluate(run: TrainingRun, loader: torch.utils.data.DataLoader, max_batches: Optional[int] = None) -> MetricAccumulator:
-    """Full-ranking metrics of ``loader``'s users, summed over every rank."""
-    accumulator = evaluate_ranking(run.model, loader, run.device, run.config.rank_cap, max_batches=max_batches)
+    """Full-ranking metrics of ``loader``'s users, summed over every rank. Under the reference protocol a
+    target that repeats a history item is a miss, as the paper's evaluation has it; under the validated
+    protocol it is ranked (a user who buys the same item again was predicted well if it ranks high)."""
+    repeated_target = "rank" if run.config.validated else "miss"
+    accumulator = evaluate_ranking(
+        run.model, loader, run.device, run.config.rank_cap, max_batches=max_batches, repeated_target=repeated_target
+    )
     return reduce_metrics(accumulator, run.context)
 
 
@@ -652,7 +659,9 @@ def train_fn(
     ``length_bucketed_batches``: batches of sequences of similar length (less
     padding, faster; batches are less random). ``autocast_bf16``: the training
     step in bfloat16 autocast on CUDA. ``rank_cap=2500`` caps ranks as the
-    reference's top-2,500 retrieval (default: exact). ``attention_backend``
+    reference's top-2,500 retrieval (default: exact); the paper's numbers also
+    need ``eval_protocol="reference"``, under which a target repeating a
+    history item is a miss, as the paper counts it. ``attention_backend``
     (``auto``, ``padded``, ``torch``, ``triton``) and ``jagged_backend``
     (``auto``, ``torch``, ``fbgemm``) choose the ops' backends (default: the
     environment variables ``GR_ATTENTION_BACKEND`` / ``GR_JAGGED_BACKEND``,
@@ -665,6 +674,15 @@ def train_fn(
     arguments = dict(locals())
     config = TrainConfig.from_arguments(arguments)
     return train(config, context or single_process_context(), gin.config_str(), resume, overwrite)
+
+
+def config_from_gin() -> TrainConfig:
+    """The checked config ``train_fn`` would run with under the gin config parsed now."""
+    import inspect
+
+    parameters = inspect.signature(train_fn).parameters
+    arguments = {name: bound_parameter(f"train_fn.{name}", p.default) for name, p in parameters.items()}
+    return TrainConfig.from_arguments(arguments)
 
 
 def train_config_file(
