@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import torch
 
 from generative_recommenders.evaluation.metrics import MetricAccumulator, target_ranks
+from generative_recommenders.evaluation.target_groups import TargetGroupAccumulator
 
 
 @torch.no_grad()
@@ -16,12 +17,15 @@ def evaluate_ranking(
     device: torch.device,
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
+    target_groups: Sequence[TargetGroupAccumulator] = (),
 ) -> MetricAccumulator:
     """Ranks each batch's targets against every item; returns summed metrics.
 
     ``model`` provides ``query_embeddings(ids, lengths, timestamps)``,
     ``all_item_embeddings()`` and ``normalize_items(x)``. Candidate embeddings
     are computed once; memory is bounded by batch size x catalogue size.
+    Each of ``target_groups`` also gets every batch's ranks and targets (e.g.
+    popularity groups, cold items).
     """
     was_training = model.training
     model.eval()
@@ -37,6 +41,9 @@ def evaluate_ranking(
         )
         queries = model.query_embeddings(history, lengths, timestamps)
         scores = queries @ candidates.T  # one matmul per chunk of users
-        acc.add(target_ranks(scores, targets, history, rank_cap).cpu())
+        ranks = target_ranks(scores, targets, history, rank_cap).cpu()
+        acc.add(ranks)
+        for groups in target_groups:
+            groups.add(ranks, targets)
     model.train(was_training)
     return acc
