@@ -157,8 +157,15 @@ def test_blair_without_hub_names_the_offline_choice(hub_offline):
     assert "Hugging Face Hub" in str(info.value)
 
 
+@pytest.mark.parametrize("size", ["small", "base", "large"])
+def test_gre_is_selectable_by_name_and_without_hub_names_the_offline_choice(hub_offline, size):
+    with pytest.raises(TextEncoderUnavailable, match="minilm") as info:
+        get_text_encoder(f"gre-{size}")
+    assert f"pepsiness/gre-{size}" in str(info.value)
+
+
 def test_unknown_encoder_name():
-    with pytest.raises(ValueError, match="Unknown text encoder"):
+    with pytest.raises(ValueError, match="Unknown text encoder.*gre-small"):
         get_text_encoder("word2vec")
 
 
