@@ -11,14 +11,7 @@ from generative_recommenders.data.sequence_format import DatasetFormatError, Seq
 
 
 def dataset(sequences, num_items):
-    return SequenceDataset(
-        "hand",
-        num_items,
-        [np.array(s, dtype=np.int64) for s in sequences],
-        [np.ones(len(s), dtype=np.float32) for s in sequences],
-        [np.arange(len(s), dtype=np.int64) for s in sequences],
-        {},
-    )
+    return SequenceDataset.from_item_sequences("hand", num_items, sequences)
 
 
 HAND = dataset([[0, 1, 2, 3, 4], [2, 3]], num_items=6)

@@ -30,14 +30,7 @@ def clustered_dataset(num_users=300, length=8, seed=0) -> SequenceDataset:
     for _ in range(num_users):
         cluster = rng.integers(NUM_CLUSTERS)
         sequences.append(cluster * CLUSTER_SIZE + rng.permutation(CLUSTER_SIZE)[:length])
-    return SequenceDataset(
-        "clusters",
-        NUM_ITEMS,
-        [s.astype(np.int64) for s in sequences],
-        [np.ones(length, np.float32) for _ in sequences],
-        [np.arange(length, dtype=np.int64) for _ in sequences],
-        {},
-    )
+    return SequenceDataset.from_item_sequences("clusters", NUM_ITEMS, sequences)
 
 
 def batches(view, collate, batch_size, shuffle=False):

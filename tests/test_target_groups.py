@@ -11,14 +11,7 @@ from generative_recommenders.evaluation.target_groups import cold_item_group, po
 
 
 def dataset(sequences, num_items):
-    return SequenceDataset(
-        "hand",
-        num_items,
-        [np.array(s, dtype=np.int64) for s in sequences],
-        [np.arange(len(s), dtype=np.float32) for s in sequences],
-        [np.arange(len(s), dtype=np.int64) * 10 for s in sequences],
-        {},
-    )
+    return SequenceDataset.from_item_sequences("hand", num_items, sequences)
 
 
 # Counts of items 1..6 (1-based): 10, 6, 4, 2, 1, 0; 23 in all, cumulatively 10, 16, 20, 22, 23.

@@ -64,6 +64,20 @@ def mlp(
     return torch.nn.Sequential(*layers)
 
 
+def mlp_to_logit(
+    input_dim: int,
+    dims: Sequence[int],
+    activation: str,
+    dropout_rate: float,
+    batch_norm: bool = False,
+) -> torch.nn.Sequential:
+    """:func:`mlp`, then a linear layer to one output."""
+    return torch.nn.Sequential(
+        mlp(input_dim, dims, activation, dropout_rate, batch_norm),
+        torch.nn.Linear(dims[-1] if dims else input_dim, 1),
+    )
+
+
 class ItemFields(torch.nn.Module):
     """Item ids (and categories) -> field embeddings ``[..., num_fields, D]``.
 
@@ -133,6 +147,25 @@ class ItemFields(torch.nn.Module):
         positions = torch.arange(history.size(1), device=history.device)
         valid = positions.unsqueeze(0) < batch["history_lengths"].unsqueeze(1)
         return target, history * valid[..., None, None].to(history.dtype), valid
+
+
+class CTRModel(torch.nn.Module):
+    """A CTR model over :class:`ItemFields`: ``forward(batch) -> logits [B]``."""
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int,
+        num_categories: int,
+        text_embeddings: Optional[torch.Tensor],
+        text_dropout_rate: float,
+    ) -> None:
+        super().__init__()
+        self.fields = ItemFields(num_items, embedding_dim, num_categories, text_embeddings, text_dropout_rate)
+
+    @property
+    def num_items(self) -> int:
+        return self.fields.num_items
 
 
 def ctr_training_loss(

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence
 import gin
 import torch
 
-from generative_recommenders.modeling.ctr_fields import ItemFields, mlp
+from generative_recommenders.modeling.ctr_fields import CTRModel, mlp_to_logit
 
 
 def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 @gin.configurable("deepfm")
-class DeepFM(torch.nn.Module):
+class DeepFM(CTRModel):
     """GRE-B's DeepFM: FM over the fields plus an MLP 128-64-64 (ReLU, batch norm, dropout 0.5)."""
 
     def __init__(
@@ -42,8 +42,7 @@ class DeepFM(torch.nn.Module):
         dropout_rate: float = 0.5,
         text_dropout_rate: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.fields = ItemFields(num_items, embedding_dim, num_categories, text_embeddings, text_dropout_rate)
+        super().__init__(num_items, embedding_dim, num_categories, text_embeddings, text_dropout_rate)
         self.item_weight = torch.nn.Embedding(num_items + 1, 1, padding_idx=0)
         self.category_weight = (
             torch.nn.Embedding(num_categories + 1, 1, padding_idx=0) if num_categories > 0 else None
@@ -53,17 +52,11 @@ class DeepFM(torch.nn.Module):
                 torch.nn.init.zeros_(table.weight)
         self.bias = torch.nn.Parameter(torch.zeros(()))
         dnn_input = 2 * self.fields.num_fields * embedding_dim
-        self.dnn = torch.nn.Sequential(
-            mlp(dnn_input, mlp_dims, activation, dropout_rate, batch_norm=True),
-            torch.nn.Linear(mlp_dims[-1] if mlp_dims else dnn_input, 1),
-        )
+        self.dnn = mlp_to_logit(dnn_input, mlp_dims, activation, dropout_rate, batch_norm=True)
 
-    @property
-    def num_items(self) -> int:
-        return self.fields.num_items
-
-    def _first_order(self, table: torch.nn.Embedding, target: torch.Tensor, history: torch.Tensor,
-                     valid: torch.Tensor) -> torch.Tensor:
+    def _first_order(
+        self, table: torch.nn.Embedding, target: torch.Tensor, history: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         behaviours = table(history).squeeze(-1) * valid.to(torch.float32)
         return table(target).squeeze(-1) + _masked_mean(behaviours, valid)
 

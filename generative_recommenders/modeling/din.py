@@ -15,11 +15,11 @@ from typing import Dict, Optional, Sequence
 import gin
 import torch
 
-from generative_recommenders.modeling.ctr_fields import ItemFields, mlp
+from generative_recommenders.modeling.ctr_fields import CTRModel, mlp_to_logit
 
 
 @gin.configurable("din")
-class DIN(torch.nn.Module):
+class DIN(CTRModel):
     """GRE-B's DIN: attention MLP 64-32, MLP 128-64-64 with Dice, batch norm and dropout 0.5."""
 
     def __init__(
@@ -35,21 +35,10 @@ class DIN(torch.nn.Module):
         dropout_rate: float = 0.5,
         text_dropout_rate: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.fields = ItemFields(num_items, embedding_dim, num_categories, text_embeddings, text_dropout_rate)
+        super().__init__(num_items, embedding_dim, num_categories, text_embeddings, text_dropout_rate)
         item_dim = self.fields.num_fields * embedding_dim
-        self.attention = torch.nn.Sequential(
-            mlp(4 * item_dim, attention_mlp_dims, attention_activation, 0.0),
-            torch.nn.Linear(attention_mlp_dims[-1] if attention_mlp_dims else 4 * item_dim, 1),
-        )
-        self.output = torch.nn.Sequential(
-            mlp(2 * item_dim, mlp_dims, activation, dropout_rate, batch_norm=True),
-            torch.nn.Linear(mlp_dims[-1] if mlp_dims else 2 * item_dim, 1),
-        )
-
-    @property
-    def num_items(self) -> int:
-        return self.fields.num_items
+        self.attention = mlp_to_logit(4 * item_dim, attention_mlp_dims, attention_activation, 0.0)
+        self.output = mlp_to_logit(2 * item_dim, mlp_dims, activation, dropout_rate, batch_norm=True)
 
     def attention_weights(self, query: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Weights ``[B, L]`` of ``keys [B, L, E]`` for ``query [B, E]``; 0 where not ``valid``.
