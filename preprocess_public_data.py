@@ -60,8 +60,8 @@ from generative_recommenders.text.embedding_store import (
 from generative_recommenders.text.encoders import check_text_encoder_name, get_text_encoder
 from generative_recommenders.text.item_text import item_texts, read_item_metadata
 
-# The item text encoder: "blair" (the paper), "blair-large", "openai"
-# (text-embedding-3-large, 768-d), "minilm" (bundled, works offline),
+# The item text encoder: "blair" (the paper), "blair-large", "gre-small", "gre-base",
+# "gre-large" (GRE), "openai" (text-embedding-3-large, 768-d), "minilm" (bundled, works offline),
 # "hf:<name-or-path>", or "none". The --text_embedding_model flag overrides it.
 text_embedding_model = "minilm"
 

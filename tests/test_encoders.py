@@ -158,8 +158,15 @@ def test_blair_without_hub_names_the_offline_choice(hub_offline):
     assert "Hugging Face Hub" in str(info.value)
 
 
+@pytest.mark.parametrize("size", ["small", "base", "large"])
+def test_gre_is_selectable_by_name_and_without_hub_names_the_offline_choice(hub_offline, size):
+    with pytest.raises(TextEncoderUnavailable, match="minilm") as info:
+        get_text_encoder(f"gre-{size}")
+    assert f"pepsiness/gre-{size}" in str(info.value)
+
+
 def test_unknown_encoder_name():
-    with pytest.raises(ValueError, match="Unknown text encoder"):
+    with pytest.raises(ValueError, match="Unknown text encoder.*gre-small"):
         get_text_encoder("word2vec")
 
 
@@ -344,10 +351,11 @@ def test_an_html_error_page_names_the_endpoint_and_status(server, sleeps):
 
 
 def test_unknown_encoder_names_are_refused_without_loading_anything():
-    for name in ("minilm", "openai", "blair", "blair-large", "hf:/models/gre"):
+    for name in ("minilm", "openai", "blair", "blair-large", "gre-small", "gre-large", "hf:/models/gre"):
         check_text_encoder_name(name)
+    choices = "minilm, blair, blair-large, gre-small, gre-base, gre-large, openai, hf:<name-or-path>"
     for name in ("minilml", "hf:", "BLaIR"):
-        with pytest.raises(TextEncodingError, match=f"Unknown text encoder '{name}'; choose minilm, blair, blair-large, openai, hf:<name-or-path>"):
+        with pytest.raises(TextEncodingError, match=f"Unknown text encoder '{name}'; choose {choices}"):
             check_text_encoder_name(name)
 
 

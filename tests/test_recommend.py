@@ -96,7 +96,7 @@ def rec(runs):
 def _evaluation_ranks(rec: Recommender) -> dict:
     test = protocol_views(rec.data, rec.max_sequence_length, "validated").test
     ranks = {}
-    for users, user_ranks in user_target_ranks(rec.model, create_data_loader(test, 64), rec.device):
+    for users, _, user_ranks in user_target_ranks(rec.model, create_data_loader(test, 64), rec.device):
         ranks.update(zip(users.tolist(), user_ranks.tolist()))
     return ranks
 

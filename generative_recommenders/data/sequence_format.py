@@ -67,6 +67,19 @@ class SequenceDataset:
     timestamps: List[np.ndarray]  # int64
     maps: Dict[str, Any]
 
+    @classmethod
+    def from_item_sequences(cls, name: str, num_items: int, sequences: List[Any]) -> "SequenceDataset":
+        """A dataset of the given 0-based item sequences, ratings 1 and timestamps ``0, 1, ...``."""
+        item_ids = [np.asarray(s, dtype=np.int64) for s in sequences]
+        return cls(
+            name,
+            num_items,
+            item_ids,
+            [np.ones(len(s), dtype=np.float32) for s in item_ids],
+            [np.arange(len(s), dtype=np.int64) for s in item_ids],
+            {},
+        )
+
     @property
     def num_users(self) -> int:
         return len(self.item_ids)

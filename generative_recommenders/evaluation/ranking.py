@@ -8,11 +8,12 @@ embedding dotted with :func:`candidate_embeddings`, history excluded with
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Iterator, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
 from generative_recommenders.evaluation.metrics import MetricAccumulator, target_ranks
+from generative_recommenders.evaluation.target_groups import TargetGroupAccumulator
 
 
 def candidate_embeddings(model: torch.nn.Module) -> torch.Tensor:
@@ -31,8 +32,8 @@ def user_target_ranks(
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
     repeated_target: str = "rank",
-) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(user_index, rank)`` of each batch's targets among every item, on the CPU.
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(user_index, target_ids, rank)`` of each batch's targets among every item, on the CPU.
 
     ``rank_cap`` and ``repeated_target`` (``"rank"``, or ``"miss"`` as the
     reference: a target that repeats a history item scores a miss) are those
@@ -55,7 +56,8 @@ def user_target_ranks(
             )
             queries = model.query_embeddings(history, lengths, timestamps)
             scores = queries @ candidates.T  # one matmul per chunk of users
-            yield batch["user_index"], target_ranks(scores, targets, history, rank_cap, repeated_target).cpu()
+            ranks = target_ranks(scores, targets, history, rank_cap, repeated_target).cpu()
+            yield batch["user_index"], batch["target_ids"], ranks
     finally:
         model.train(was_training)
 
@@ -67,9 +69,16 @@ def evaluate_ranking(
     rank_cap: Optional[int] = None,
     max_batches: Optional[int] = None,
     repeated_target: str = "rank",
+    target_groups: Sequence[TargetGroupAccumulator] = (),
 ) -> MetricAccumulator:
-    """Ranks each batch's targets against every item (:func:`user_target_ranks`); returns summed metrics."""
+    """Ranks each batch's targets against every item (:func:`user_target_ranks`); returns summed metrics.
+
+    Each of ``target_groups`` also gets every batch's ranks and targets (e.g.
+    popularity groups, cold items).
+    """
     acc = MetricAccumulator()
-    for _, ranks in user_target_ranks(model, batches, device, rank_cap, max_batches, repeated_target):
+    for _, targets, ranks in user_target_ranks(model, batches, device, rank_cap, max_batches, repeated_target):
         acc.add(ranks)
+        for groups in target_groups:
+            groups.add(ranks, targets)
     return acc

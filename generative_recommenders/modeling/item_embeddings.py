@@ -12,7 +12,7 @@ import gin
 import torch
 
 FUSION_MODES = ("add", "gate", "concat", "text_only")
-PROJECTIONS = ("linear", "mlp")
+PROJECTIONS = ("linear", "mlp", "dropout_linear_relu")
 
 
 def _trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
@@ -56,9 +56,11 @@ class ItemEmbeddingWithText(torch.nn.Module):
     * ``text_only``: ``P(text(i))``, no id embedding (items unseen in training
       still get a meaningful embedding).
 
-    ``P`` is a linear map (the paper) or, with ``projection="mlp"``, a two-layer
-    GELU MLP of width ``mlp_hidden_dim``. The text table stays frozen and is not
-    part of the state dict: it is reloaded from its embedding file.
+    ``P`` is a linear map (the paper), with ``projection="mlp"`` a two-layer
+    GELU MLP of width ``mlp_hidden_dim``, or with ``"dropout_linear_relu"``
+    ``ReLU(Linear(Dropout(text_dropout_rate)(text)))`` (GRE-B's ``TE_ID_*``
+    models). The text table stays frozen and is not part of the state dict: it
+    is reloaded from its embedding file.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class ItemEmbeddingWithText(torch.nn.Module):
         mode: str = "add",
         projection: str = "linear",
         mlp_hidden_dim: Optional[int] = None,
+        text_dropout_rate: float = 0.1,
     ) -> None:
         super().__init__()
         if mode not in FUSION_MODES:
@@ -87,6 +90,10 @@ class ItemEmbeddingWithText(torch.nn.Module):
         text_dim = text_embeddings.size(1)
         if projection == "linear":
             self.text_projection: torch.nn.Module = _linear(text_dim, embedding_dim)
+        elif projection == "dropout_linear_relu":
+            self.text_projection = torch.nn.Sequential(
+                torch.nn.Dropout(text_dropout_rate), _linear(text_dim, embedding_dim), torch.nn.ReLU()
+            )
         else:
             hidden = mlp_hidden_dim or 2 * embedding_dim
             self.text_projection = torch.nn.Sequential(

@@ -173,3 +173,56 @@ def training_loss(
     return sampled_softmax_loss_from_table(
         queries, positive_ids, positive_embeddings, negative_ids, item_table, temperature
     )
+
+
+def binary_cross_entropy_with_negatives(
+    positive_logits: torch.Tensor,
+    negative_logits: torch.Tensor,
+    positive_ids: torch.Tensor,
+    negative_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over positions of ``-log sigmoid(pos) - mean_r log(1 - sigmoid(neg_r))``.
+
+    ``positive_logits [P]``, ``negative_logits [P, R]``; a negative equal to its
+    positive is left out of its position's mean (its label would contradict the
+    positive's), so the positive and its negatives weigh the same at every position.
+    """
+    _check_positions(positive_logits)
+    kept = (negative_ids != positive_ids.unsqueeze(1)).to(negative_logits.dtype)
+    negative_terms = (F.softplus(negative_logits) * kept).sum(1) / kept.sum(1).clamp(min=1)
+    return (F.softplus(-positive_logits) + negative_terms).mean()
+
+
+def binary_cross_entropy_loss(
+    model: SequentialRecommender,
+    batch: Dict[str, torch.Tensor],
+    device: torch.device,
+    num_negatives: int,
+    temperature: float = 1.0,
+    item_l2_norm: bool = False,
+) -> torch.Tensor:
+    """Next-item binary cross-entropy at every history position, uniform negatives (GRE-B's SASRec).
+
+    Each position's logits are ``q . e / temperature`` for the next item (label 1)
+    and ``num_negatives`` items drawn uniformly from the catalogue (label 0); see
+    :func:`binary_cross_entropy_with_negatives`.
+    """
+    lengths = batch["history_lengths"].to(device, non_blocking=True)
+    target_ids = batch["target_ids"].to(device, non_blocking=True)
+    ids = batch["history_ids"].to(device, non_blocking=True).scatter(
+        1, lengths.view(-1, 1), target_ids.view(-1, 1)
+    )
+    embeddings = model.item_embeddings(ids)
+    encoded = model.encode(ids, lengths + 1, batch["history_timestamps"].to(device), embeddings)
+    predicts_next = torch.arange(ids.size(1) - 1, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    queries = encoded[:, :-1][predicts_next]
+    positive_ids = ids[:, 1:][predicts_next]
+    negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items)
+    positive_embeddings = embeddings[:, 1:][predicts_next]
+    negative_embeddings = model.item_embeddings(negative_ids)
+    if item_l2_norm:
+        positive_embeddings = model.normalize_items(positive_embeddings)
+        negative_embeddings = model.normalize_items(negative_embeddings)
+    positive_logits = (queries * positive_embeddings).sum(-1) / temperature
+    negative_logits = torch.einsum("pd,prd->pr", queries, negative_embeddings) / temperature
+    return binary_cross_entropy_with_negatives(positive_logits, negative_logits, positive_ids, negative_ids)

