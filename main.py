@@ -97,14 +97,16 @@ def _main(argv: List[str]) -> None:
     )
 
 
-# Bindings that say where a run reads and writes, or its seed (the folder's -s<seed>), not what it is.
-_PLACE_AND_SEED = re.compile(r"^train_fn\.(random_seed|dataset_name|data_root|output_root) = ")
+# Bindings that say where a run reads and writes, or its seed (the folder's -s<seed>), not what it is;
+# and num_epochs, so that --resume with more epochs finds the run it extends.
+_PLACE_AND_SEED = re.compile(r"^train_fn\.(random_seed|dataset_name|data_root|output_root|num_epochs) = ")
 
 
 def run_name(config_file: str, bindings: List[str]) -> str:
     """The config file's name; ``-reference`` under that protocol (the two never share a folder);
     and ``-<hash>`` of the settings the bindings change from the file, so that a changed run
-    never lands in the folder of the file's own."""
+    never lands in the folder of the file's own (``num_epochs`` aside: a folder holding a run of
+    other epochs is refused, or with ``--resume`` extended)."""
     parse_gin([config_file], [])
     from_file = gin.config_str()
     parse_gin([config_file], bindings)

@@ -41,11 +41,12 @@ def os_error_message(error: OSError) -> str:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message as one line (without what gin appends: "In call to configurable ...")."""
+    """The error's message, without what gin appends to it ("In call to configurable ..."):
+    one line, but for the messages that list one thing per line (e.g. every missing raw file)."""
     if isinstance(error, OSError):
         return os_error_message(error)
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(line for line in lines if not line.startswith("In call to configurable"))
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return "\n".join(line for line in lines if not line.strip().startswith("In call to configurable"))
 
 
 def run_command(program: str, main: Callable[[List[str]], Optional[int]], argv: Optional[List[str]] = None) -> NoReturn:

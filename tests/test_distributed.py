@@ -344,6 +344,6 @@ def test_main_trains_in_two_processes_and_its_weights_evaluate_alike_in_one(tmp_
     single = evaluate_ranking(model, create_data_loader(test_view, 128), torch.device("cpu")).means()
     assert single == pytest.approx(results["last"], rel=1e-9, abs=1e-12)
 
-    proc = run_main(config, flags=["--resume"])
+    proc = run_main(config, "train_fn.num_epochs = 3", flags=["--resume"])  # extending it, in one process
     assert proc.returncode != 0
     assert "written by 2 process(es), and this run has 1" in proc.stderr

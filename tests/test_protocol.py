@@ -120,7 +120,7 @@ def _scripted_evaluation(monkeypatch):
     """Replaces the ranking with scripted validation ranks; records the weights each evaluation saw."""
     calls = []
 
-    def evaluate(model, loader, device, rank_cap=None, max_batches=None):
+    def evaluate(model, loader, device, rank_cap=None, max_batches=None, repeated_target="rank"):
         split = "valid" if loader.dataset.ignore_last_n == 1 else "test"
         rank = SCRIPTED_RANKS[sum(c[0] == "valid" for c in calls)] if split == "valid" else 1
         calls.append((split, {k: v.clone() for k, v in model.state_dict().items()}))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from generative_recommenders.errors import one_line
 from generative_recommenders.trainer import train
 from generative_recommenders.trainer.config import ConfigError
 from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, only_extends_epochs
@@ -95,7 +96,7 @@ def test_settings_that_cannot_train_are_refused_before_anything_is_written(tiny,
     root, config = tiny
     with pytest.raises(ConfigError) as error:
         train_config_file(str(config), [binding])
-    assert str(error.value) == message
+    assert one_line(error.value) == message
     assert not (root / "exps").exists()
 
 
@@ -118,7 +119,7 @@ def test_a_nan_loss_is_one_line_naming_the_step(tiny, monkeypatch):
     monkeypatch.setattr(train, "training_loss", nan_at_third_step)
     with pytest.raises(TrainingDiverged) as error:
         train_config_file(str(config), [ONE_EPOCH])
-    assert str(error.value) == (
+    assert one_line(error.value) == (
         "the training loss became nan; lower train_fn.learning_rate or raise train_fn.num_warmup_steps (epoch 0, step 2)"
     )
 

@@ -1,7 +1,6 @@
 """Smoke tests of the whole train path: main.py, gin, data, model, loss, evaluation."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +93,7 @@ def test_seeds_run_once_each_log_to_tensorboard_and_end_with_their_table(tmp_pat
     runs = {}
     for seed in (3, 5):
         run_dir = run_folder(tmp_path / "exps", seed)
-        assert re.fullmatch(rf"hstu-tiny-[0-9a-f]{{7}}-s{seed}", run_dir.name)  # num_epochs differs from the file
+        assert run_dir.name == f"hstu-tiny-s{seed}"  # num_epochs alone names no other folder
         runs[seed] = json.loads((run_dir / "results.json").read_text())
         assert runs[seed]["seed"] == seed and f"train_fn.random_seed = {seed}" in runs[seed]["gin_config"]
     assert runs[3]["epochs"] != runs[5]["epochs"]

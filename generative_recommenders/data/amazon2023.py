@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from generative_recommenders.data.download import RawFile, fetch_raw_files, open_raw_text
-from generative_recommenders.data.local import Items, numeric_column
+from generative_recommenders.data.local import Items, keep_frequent, numeric_column
 from generative_recommenders.data.sequence_format import DatasetFormatError
 
 CATEGORIES: Dict[str, str] = {
@@ -136,11 +136,6 @@ def read_metadata(path: Path, wanted_items: Set[str]) -> Items:
     return items
 
 
-def _keep_frequent(df: pd.DataFrame, column: str, minimum: int) -> pd.DataFrame:
-    counts = df.groupby(column, sort=False)[column].transform("size")
-    return df[(counts >= minimum).to_numpy()]
-
-
 def filter_interactions(ratings: pd.DataFrame, items: Items, name: str) -> pd.DataFrame:
     """Drops interactions with items lacking metadata, then rare items, then light users (one pass each)."""
     with_metadata = ratings[ratings["item_id"].isin(items.keys()).to_numpy()]
@@ -148,18 +143,8 @@ def filter_interactions(ratings: pd.DataFrame, items: Items, name: str) -> pd.Da
         f"{name}: dropped {len(ratings) - len(with_metadata):,} interaction(s) with "
         f"{ratings['item_id'].nunique() - with_metadata['item_id'].nunique():,} item(s) without metadata"
     )
-    frequent_items = _keep_frequent(with_metadata, "item_id", MIN_ITEM_INTERACTIONS)
-    print(
-        f"{name}: dropped {with_metadata['item_id'].nunique() - frequent_items['item_id'].nunique():,} "
-        f"item(s) with fewer than {MIN_ITEM_INTERACTIONS} interactions "
-        f"({len(with_metadata) - len(frequent_items):,} interactions)"
-    )
-    interactions = _keep_frequent(frequent_items, "user_id", MIN_USER_INTERACTIONS)
-    print(
-        f"{name}: dropped {frequent_items['user_id'].nunique() - interactions['user_id'].nunique():,} "
-        f"user(s) with fewer than {MIN_USER_INTERACTIONS} interactions "
-        f"({len(frequent_items) - len(interactions):,} interactions)"
-    )
+    frequent_items = keep_frequent(with_metadata, "item_id", MIN_ITEM_INTERACTIONS, name)
+    interactions = keep_frequent(frequent_items, "user_id", MIN_USER_INTERACTIONS, name)
     if len(interactions) == 0:
         raise DatasetFormatError(f"{name}: no interactions left after filtering")
     return interactions.reset_index(drop=True)

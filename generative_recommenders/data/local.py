@@ -157,6 +157,23 @@ def _read_items(path: Path) -> Items:
     return items
 
 
+def keep_frequent(df: pd.DataFrame, column: str, minimum: int, source: str, unit: str = "interactions") -> pd.DataFrame:
+    """The rows whose ``column`` value (a user or an item) occurs at least ``minimum`` times.
+
+    Prints what it dropped, e.g. ``steam: dropped 2 user(s) with fewer than 5
+    reviews (7 reviews)``, when it drops anything.
+    """
+    counts = df.groupby(column, sort=False)[column].transform("size")
+    kept = df[(counts >= minimum).to_numpy()]
+    if len(kept) < len(df):
+        noun = column.removesuffix("_id")
+        print(
+            f"{source}: dropped {df[column].nunique() - kept[column].nunique():,} {noun}(s) with fewer than "
+            f"{minimum} {unit} ({len(df) - len(kept):,} {unit})"
+        )
+    return kept
+
+
 def load_local_dataset(
     local_dir: os.PathLike, min_sequence_length: int = 1
 ) -> Tuple[pd.DataFrame, Items]:
@@ -174,20 +191,10 @@ def load_local_dataset(
     items = _read_items(items_path)
     require_item_metadata(interactions, items, str(items_path))
 
-    lengths = interactions.groupby("user_id", sort=False)["item_id"].transform("size")
-    short = lengths < min_sequence_length
-    if short.any():
-        dropped_users = interactions.loc[short, "user_id"].nunique()
-        print(
-            f"{interactions_path}: dropped {dropped_users} user(s) with fewer than "
-            f"{min_sequence_length} interactions ({int(short.sum())} interactions)"
-        )
-        interactions = interactions.loc[~short].reset_index(drop=True)
-        if len(interactions) == 0:
-            raise DatasetFormatError(
-                f"{interactions_path}: no user has {min_sequence_length} or more interactions"
-            )
-    return interactions, items
+    interactions = keep_frequent(interactions, "user_id", min_sequence_length, str(interactions_path))
+    if len(interactions) == 0:
+        raise DatasetFormatError(f"{interactions_path}: no user has {min_sequence_length} or more interactions")
+    return interactions.reset_index(drop=True), items
 
 
 def write_item_metadata(out_dir: os.PathLike, items: Items, id2item: List[str]) -> Path:

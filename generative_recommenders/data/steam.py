@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pandas as pd
 
 from generative_recommenders.data.download import RawFile, fetch_raw_files, open_raw_text
-from generative_recommenders.data.local import Items
+from generative_recommenders.data.local import Items, keep_frequent
 from generative_recommenders.data.sequence_format import DatasetFormatError
 
 REVIEWS_URL = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
@@ -186,13 +186,7 @@ def load_steam(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
         f"steam: dropped {len(reviews) - len(with_metadata):,} review(s) of "
         f"{reviews['item_id'].nunique() - with_metadata['item_id'].nunique():,} game(s) without metadata"
     )
-    lengths = with_metadata.groupby("user_id", sort=False)["user_id"].transform("size")
-    interactions = with_metadata[(lengths >= MIN_USER_INTERACTIONS).to_numpy()]
-    print(
-        f"steam: dropped {with_metadata['user_id'].nunique() - interactions['user_id'].nunique():,} "
-        f"user(s) with fewer than {MIN_USER_INTERACTIONS} reviews "
-        f"({len(with_metadata) - len(interactions):,} reviews)"
-    )
+    interactions = keep_frequent(with_metadata, "user_id", MIN_USER_INTERACTIONS, "steam", unit="reviews")
     if len(interactions) == 0:
         raise DatasetFormatError(f"{reviews_path}: no reviews left after filtering")
     return interactions.reset_index(drop=True), games

@@ -5,7 +5,8 @@ a float32 tensor ``[num_items + 1, dim]`` whose row 0 is zeros (id 0 is
 padding) and whose row k + 1 embeds the text of item id k, next to a JSON
 sidecar ``item_text_embeddings_<model>.json`` describing it.
 
-An encoder is any object shaped like :class:`EncoderLike`.
+An encoder is a :class:`~generative_recommenders.text.encoders.TextEncoder`
+(or any object with its members).
 
 Embeddings are cached per (encoder cache key, text) in shard files under
 ``<cache_dir>/<cache key>/``, one shard written after each chunk of texts, so
@@ -22,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Protocol, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -35,22 +36,10 @@ from generative_recommenders.data.sequence_format import (
     verify_recorded_file,
 )
 from generative_recommenders.errors import UserError
+from generative_recommenders.text.encoders import TextEncoder
 
 # Sidecar fields that the loader checks; encoder metadata may repeat them, not change them.
 _CHECKED_FIELDS = ("cache_key", "dim", "num_items", "texts_hash")
-
-
-class EncoderLike(Protocol):
-    """What the store needs of a text encoder."""
-
-    name: str  # names the embedding file
-    cache_key: str  # the name plus every setting that changes the outputs
-    dim: int
-    metadata: Dict[str, Any]  # JSON-ready, copied into the sidecar
-
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """float32 ``[len(texts), dim]`` on CPU."""
-        ...
 
 
 class EmbeddingFileError(UserError):
@@ -83,7 +72,7 @@ def embedding_file(data_dir: os.PathLike, model_name: str) -> Path:
     return Path(data_dir) / f"item_text_embeddings_{_safe_name(model_name)}.pt"
 
 
-def _check_encoded(embeddings: Any, num_texts: int, encoder: EncoderLike) -> torch.Tensor:
+def _check_encoded(embeddings: Any, num_texts: int, encoder: TextEncoder) -> torch.Tensor:
     """The encoder's output as float32 on CPU, or an error if it is malformed or not finite."""
     expected = (num_texts, encoder.dim)
     if not isinstance(embeddings, torch.Tensor) or tuple(embeddings.shape) != expected:
@@ -169,7 +158,7 @@ class _ShardCache:
 
 def compute_item_text_embeddings(
     texts: Sequence[str],
-    encoder: EncoderLike,
+    encoder: TextEncoder,
     data_dir: os.PathLike,
     cache_dir: os.PathLike,
     chunk_size: int = 256,

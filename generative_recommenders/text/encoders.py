@@ -54,16 +54,20 @@ class TextEncoderUnavailable(TextEncodingError):
 
 
 class TextEncoder(ABC):
-    """A frozen text encoder: ``encode`` maps texts to float32 CPU embeddings ``[n, dim]``."""
+    """A frozen text encoder: ``encode`` maps texts to float32 CPU embeddings ``[n, dim]``.
 
-    name: str
-    cache_key: str
+    The embedding store (``embedding_store.py``) needs exactly these members;
+    any object that has them serves (the tests use small stand-ins).
+    """
+
+    name: str  # names the embedding file
+    cache_key: str  # the name plus every setting that changes the outputs
     dim: int
-    metadata: Dict[str, Any]
+    metadata: Dict[str, Any]  # JSON-ready, copied into the sidecar
 
     @abstractmethod
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        ...
+        """float32 ``[len(texts), dim]`` on CPU."""
 
 
 def _default_device(device: Optional[str]) -> str:
