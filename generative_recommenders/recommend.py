@@ -76,7 +76,7 @@ def write_recommendations(
                 f"--output {output}: writing .parquet needs the pyarrow package (pip install pyarrow), or write .csv"
             ) from None
     rows = 0
-    with atomic_path(output) as tmp, tqdm(total=len(user_ids), unit="user", desc="recommending", mininterval=2) as bar:
+    with atomic_path(output) as tmp, tqdm(total=len(user_ids), unit="user", desc="recommending", mininterval=2, disable=None) as bar:
         writer = None
         for begin in range(0, len(user_ids), chunk_size):
             chunk = rec.recommend(user_ids[begin:begin + chunk_size], k=k, exclude_history=exclude_history)

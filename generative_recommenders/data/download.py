@@ -113,7 +113,7 @@ def download(url: str, dest: Path) -> Path:
             total = offset + int(length) if length is not None else None
             with (
                 open(part, "ab" if offset else "wb") as f,
-                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name) as bar,
+                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar,
             ):
                 while chunk := resp.read(_CHUNK_BYTES):
                     f.write(chunk)

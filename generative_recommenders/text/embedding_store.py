@@ -196,7 +196,8 @@ def compute_item_text_embeddings(
 
     start = time.perf_counter()
     with tqdm(
-        total=num_computed, unit="item", desc=f"embedding with {encoder.name}", disable=not todo
+        # Off when nothing is computed, and where stderr is no terminal (nested bars would interleave).
+        total=num_computed, unit="item", desc=f"embedding with {encoder.name}", disable=None if todo else True
     ) as progress:
         for begin in range(0, len(todo), chunk_size):
             chunk_keys, chunk_texts = zip(*todo[begin:begin + chunk_size])

@@ -95,7 +95,7 @@ class _BatchedEncoder(TextEncoder):
             return _empty(self.dim)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         chunks: List[torch.Tensor] = []
-        with tqdm(total=len(texts), desc=self.name, unit="item", leave=False) as progress:
+        with tqdm(total=len(texts), desc=self.name, unit="item", leave=False, disable=None) as progress:
             for start in range(0, len(order), self.batch_size):
                 batch = [texts[i] for i in order[start : start + self.batch_size]]
                 chunks.append(self._encode_batch(batch).float().cpu())
@@ -402,7 +402,7 @@ class OpenAIEncoder(TextEncoder):
             return _empty(self.dim)
         chunks: List[torch.Tensor] = []
         embedded = 0
-        with tqdm(total=len(texts), desc=self.name, unit="item", leave=False) as progress:
+        with tqdm(total=len(texts), desc=self.name, unit="item", leave=False, disable=None) as progress:
             for batch in self._pack(texts):
                 chunks.append(self._embed_request(batch, embedded, len(texts)))
                 embedded += len(batch)
