@@ -110,3 +110,21 @@ def test_task_settings_that_cannot_train_are_one_line_errors(cyclic, module, bin
         train_config_file(str(greb_config(cyclic, module)), bindings)
     assert not (cyclic / "exps").exists()
     gin.clear_config()
+
+
+def test_compare_shows_the_groups_and_leaves_ctr_runs_to_the_greb_table(cyclic, capsys):
+    from generative_recommenders import compare
+
+    retrieval = train_config_file(str(greb_config(
+        cyclic, "SASRec", 'train_fn.num_negatives = 8\ntrain_fn.cold_item_share = 0.1\ntrain_fn.num_epochs = 1\n'
+        "sasrec_encoder.num_blocks = 1")), [])
+    train_config_file(str(greb_config(cyclic, "DeepFM", "\n".join(CTR_BINDINGS) + "\ntrain_fn.num_epochs = 1")), [])
+    compare.main([str(cyclic / "exps" / "cyclic"), "--output_dir", str(cyclic / "cmp")])
+    out = capsys.readouterr()
+    assert "a CTR run" in out.err and "deepfm-s42" in out.err
+    head = retrieval["popularity_groups"]["head"]
+    cold = retrieval["cold_items"]["cold_items"]
+    assert "| model | head | torso | tail | cold_items |" in out.out
+    assert f"| SASRec | {head['ndcg@10']:.4f} / {head['hr@10']:.4f} |" in out.out
+    assert f"{cold['ndcg@10']:.4f} / {cold['hr@10']:.4f} |" in out.out
+    assert "cold_items: 4 items held out of training" in (cyclic / "cmp" / "comparison.md").read_text()
