@@ -2,7 +2,7 @@
 
     python3 -m generative_recommenders.greb --dataset ml100k --local_dir DIR \\
         --encoders none,minilm,hf:PATH --models sasrec,dssm,hstu,din,deepfm --seeds 1,2,3 \\
-        [--epochs N] [--gin_bindings B ...] [--output_dir exps/greb]
+        [--epochs N] [--ctr_epochs N] [--cold_item_share 0.1] [--gin_bindings B ...] [--output_dir exps/greb]
 
 Run from the repository root. It prepares what is missing (datasets under
 ``--data_root``, text embeddings per encoder through the embedding cache),
@@ -263,6 +263,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(RETRIEVAL_MODELS + RANKING_MODELS))
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--epochs", type=int, help="caps every model's epochs (a quick look)")
+    parser.add_argument("--ctr_epochs", type=int, help="caps the CTR models' (DIN, DeepFM) epochs (default --epochs)")
     parser.add_argument("--gin_bindings", action="append", default=[], help="passed to every run (repeatable)")
     parser.add_argument("--cold_item_share", type=float,
                         help="retrieval models train without this seeded share of the items (train_fn.cold_item_share)")
@@ -278,8 +279,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.seeds = [int(seed) for seed in _names(args.seeds, "--seeds")]
     except ValueError:
         raise GrebError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    if args.epochs is not None and args.epochs < 1:
-        raise GrebError(f"--epochs must be >= 1, got {args.epochs}")
+    for option in ("epochs", "ctr_epochs"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise GrebError(f"--{option} must be >= 1, got {getattr(args, option)}")
     if not args.dataset and not args.local_dir:
         raise GrebError("name a dataset: --dataset NAME or --local_dir DIR")
     return args
@@ -352,8 +354,9 @@ def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: st
     ]
     if encoder != NAIVE:
         bindings.append(f'train_fn.text_embedding_model = "{encoder}"')
-    if args.epochs is not None:
-        bindings.append(f"train_fn.num_epochs = {args.epochs}")
+    epochs = args.ctr_epochs if model in RANKING_MODELS and args.ctr_epochs is not None else args.epochs
+    if epochs is not None:
+        bindings.append(f"train_fn.num_epochs = {epochs}")
     if args.cold_item_share is not None and model in RETRIEVAL_MODELS:  # CTR samples have no cold split
         bindings.append(f"train_fn.cold_item_share = {args.cold_item_share}")
     return bindings + list(args.gin_bindings)
