@@ -5,9 +5,11 @@ import json
 import gin
 import numpy as np
 import pytest
+import torch
 
 from generative_recommenders.data.cold_items import split_cold_items
 from generative_recommenders.data.sequence_format import load_sequence_dataset
+from generative_recommenders.trainer import tasks
 from generative_recommenders.trainer.config import ConfigError
 from generative_recommenders.trainer.train import train_config_file
 from test_train import cyclic_dataset, run_main
@@ -71,6 +73,20 @@ def test_a_resumed_ctr_run_gives_the_uninterrupted_numbers(cyclic):
     assert resumed["resumed_at"] == [{"epoch": 2, "step": 180}]
     assert [e["metrics"] for e in resumed["evaluations"]] == [e["metrics"] for e in straight["evaluations"]]
     assert resumed["best"] == straight["best"]
+
+
+def test_the_plateau_schedule_lowers_the_rate_after_validations_without_a_better_auc(cyclic, monkeypatch):
+    scripted = iter([0.7, 0.6, 0.65, 0.5, 0.5])  # three validations, then test_last and test_best
+
+    def evaluate(self, model, loader, context, max_batches=None):
+        return tasks.Evaluation({"auc": next(scripted), "logloss": 0.5}, len(loader.dataset))
+
+    monkeypatch.setattr(tasks.CTRTask, "evaluate", evaluate)
+    train_config_file(str(greb_config(cyclic, "DeepFM", "\n".join(CTR_BINDINGS))), [])
+    checkpoint = torch.load(cyclic / "exps" / "cyclic" / "deepfm-s42" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["scheduler"] is None and checkpoint["plateau"]["best"] == 0.7
+    # Patience 0, factor 0.5: halved after 0.6 and again after 0.65 (neither beats 0.7).
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-3 / 4)
 
 
 def test_retrieval_with_bce_reports_popularity_groups_and_cold_items(cyclic):
