@@ -18,7 +18,11 @@ Besides printing, it writes ``comparison.md``, ``comparison.csv``,
 ``comparison_metrics.png`` (a panel per metric and table, each on its own
 scale) and ``comparison_curves.png`` (validation NDCG@10 over epochs), the
 figures also as ``.svg``, to ``--output_dir`` (default: the folder holding all
-the runs). A variant keeps one colour in every panel; error bars and bands
+the runs). Under each table, a second one gives NDCG@10 and HR@10 per
+target-popularity group (head / torso / tail, boundaries below it) and on the
+cold items of runs trained with ``train_fn.cold_item_share``. CTR runs (DIN,
+DeepFM: AUC and Logloss) are left to the GRE-B table
+(``python3 -m generative_recommenders.greb``). A variant keeps one colour in every panel; error bars and bands
 are ± one sample standard deviation over the row's seeds, absent for one seed.
 """
 
@@ -42,11 +46,13 @@ from matplotlib.ticker import MaxNLocator
 from generative_recommenders.atomic_files import atomic_path, atomic_write_text
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
+from generative_recommenders.evaluation.target_groups import COLD_ITEMS, POPULARITY_GROUPS
 from generative_recommenders.trainer.run_log import RESULTS_FILE
 
 COLUMNS = DEFAULT_REPORTED
 CURVE_METRIC = "ndcg@10"
 BASELINES = ("HSTU", "SASRec")
+GROUP_METRICS = ("ndcg@10", "hr@10")
 # Config lines that may differ between the seeds of one row.
 _PER_RUN_BINDINGS = re.compile(r"^train_fn\.(random_seed|output_root|data_root) = ")
 
@@ -186,6 +192,9 @@ def load_runs(arguments: Iterable[os.PathLike]) -> List[Run]:
         if not results.get("finished"):
             print(f"skipping {path.parent}: unfinished (no final test evaluation yet)", file=sys.stderr)
             continue
+        if results.get("task") == "ctr":
+            print(f"skipping {path.parent}: a CTR run (AUC/Logloss; the GRE-B table shows it)", file=sys.stderr)
+            continue
         runs.append(Run(path.parent, results))
     if not runs:
         raise CompareError("none of the runs has finished")
@@ -294,6 +303,59 @@ def _legend(table: Table, best_mark: str) -> str:
     return "; ".join(parts)
 
 
+def _group_means(row: Row) -> Dict[str, Dict[str, float]]:
+    """``{group: {metric: mean over the row's seeds}}`` of the groups its runs report."""
+    means: Dict[str, Dict[str, float]] = {}
+    for group in (*POPULARITY_GROUPS, COLD_ITEMS):
+        reported = [
+            groups[group]
+            for run in row.runs
+            for groups in (run.results.get("popularity_groups", {}), run.results.get(COLD_ITEMS, {}))
+            if GROUP_METRICS[0] in groups.get(group, {})
+        ]
+        if reported:
+            means[group] = {m: float(np.mean([r[m] for r in reported])) for m in GROUP_METRICS}
+    return means
+
+
+def group_table(table: Table) -> List[str]:
+    """Markdown lines: NDCG@10 / HR@10 per test-target group and row; the boundaries below."""
+    means = {row.label: _group_means(row) for row in table.rows}
+    groups = [g for g in (*POPULARITY_GROUPS, COLD_ITEMS) if any(g in m for m in means.values())]
+    if not groups:
+        return []
+    lines = [
+        "",
+        "NDCG@10 / HR@10 by test target (mean over seeds):",
+        "",
+        "| model | " + " | ".join(groups) + " |",
+        "|---" * (len(groups) + 1) + "|",
+    ]
+    for label, by_group in means.items():
+        cells = [
+            " / ".join(f"{by_group[g][m]:.4f}" for m in GROUP_METRICS) if g in by_group else "—" for g in groups
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    described = next(
+        (run.results["popularity_groups"]["groups"] for row in table.rows for run in row.runs
+         if "popularity_groups" in run.results), None,
+    )
+    if described is not None:
+        bounds = "; ".join(
+            f"{g} {described[g]['num_items']} items with {described[g]['min_count']}-{described[g]['max_count']} "
+            "training interactions" for g in POPULARITY_GROUPS
+        )
+        lines += ["", f"Groups: {described['rule']} ({bounds})."]
+    cold = next((run.results.get("cold_item_split") for row in table.rows for run in row.runs
+                 if run.results.get("cold_item_split")), None)
+    if cold is not None:
+        lines.append(
+            f"{COLD_ITEMS}: {cold['num_cold_items']} items held out of training; their "
+            f"{cold['num_cold_users']} test users are ranked over the full catalogue."
+        )
+    return lines
+
+
 def format_text(tables: Sequence[Table]) -> str:
     """Fixed-width tables for a terminal."""
     blocks = []
@@ -307,7 +369,7 @@ def format_text(tables: Sequence[Table]) -> str:
                 lines.append(["", ""] + [_change_cell(table, row, m) for m in COLUMNS])
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         body = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
-        blocks.append("\n".join([f"== {table.title} ==", f"({_legend(table, '*')})", "", *body]))
+        blocks.append("\n".join([f"== {table.title} ==", f"({_legend(table, '*')})", "", *body, *group_table(table)]))
     return "\n\n".join(blocks + _notes(tables))
 
 
@@ -330,7 +392,7 @@ def format_markdown(tables: Sequence[Table]) -> str:
                 change = _change_cell(table, row, m)
                 cells.append(f"{cell}<br>{change}" if change else cell)
             lines.append(f"| {row.label} | {','.join(map(str, row.seeds))} | " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
+        blocks.append("\n".join(lines + group_table(table)))
     return "\n\n".join(blocks + _notes(tables)) + "\n"
 
 

@@ -1,4 +1,15 @@
-"""GRE-B: does a text encoder make recommendations better? The result tables.
+"""GRE-B: does a text encoder make recommendations better? The runner and its result tables.
+
+    python3 -m generative_recommenders.greb --dataset ml100k --local_dir DIR \\
+        --encoders none,minilm,hf:PATH --models sasrec,dssm,hstu,din,deepfm --seeds 1,2,3 \\
+        [--epochs N] [--ctr_epochs N] [--cold_item_share 0.1] [--gin_bindings B ...] [--output_dir exps/greb]
+
+Run from the repository root. It prepares what is missing (datasets under
+``--data_root``, text embeddings per encoder through the embedding cache),
+checks every encoder and setting before anything trains, trains every
+(dataset, encoder, model, seed) with ``configs/greb/<model>[-text].gin``
+(a finished run is not trained again: the trainer returns its results) and
+writes ``greb.md``, ``greb.csv`` and ``greb.png`` to ``--output_dir``.
 
 A results record is one trained (dataset, encoder, model, seed)::
 
@@ -14,16 +25,20 @@ Recall@10 is HR@10.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
+import sys
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from generative_recommenders.atomic_files import atomic_write_text
+from generative_recommenders.atomic_files import atomic_path, atomic_write_text
+from generative_recommenders.errors import UserError, run_command
 from generative_recommenders.evaluation.target_groups import COLD_ITEMS, POPULARITY_GROUPS
 
 RETRIEVAL_MODELS = ("sasrec", "dssm", "hstu")
@@ -34,6 +49,9 @@ RETRIEVAL_METRICS = (("ndcg@10", "NDCG@10", True), ("hr@10", "Recall@10", True))
 RANKING_METRICS = (("auc", "AUC", True), ("logloss", "Logloss", False))
 GROUP_METRIC = "ndcg@10"
 NAIVE = "none"
+TIME_COLUMN = "seconds_per_epoch"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs" / "greb"
 
 
 def _metrics_of(model: str) -> Tuple[Tuple[str, str, bool], ...]:
@@ -47,6 +65,8 @@ def _values(record: Dict[str, Any], model: str) -> Dict[str, float]:
     for group in (*POPULARITY_GROUPS, COLD_ITEMS):
         if GROUP_METRIC in groups.get(group, {}):
             out[f"{group}/{GROUP_METRIC}"] = float(groups[group][GROUP_METRIC])
+    if TIME_COLUMN in record:
+        out[TIME_COLUMN] = float(record[TIME_COLUMN])
     return out
 
 
@@ -75,6 +95,9 @@ def summarize(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
             row[f"{key}_std"] = float(column.std(ddof=1)) if len(column) > 1 else 0.0
         if "has_categories" in runs[0]:
             row["has_categories"] = bool(runs[0]["has_categories"])
+        boundaries = runs[0].get("popularity_groups", {}).get("groups")
+        if boundaries:
+            row["group_boundaries"] = boundaries
         rows.append(row)
     return rows
 
@@ -83,9 +106,9 @@ def csv_text(rows: Sequence[Dict[str, Any]]) -> str:
     """``greb.csv``: one row per dataset, encoder and model; metric names as column headers."""
     columns: List[str] = []
     for row in rows:
-        columns += [c for c in row if c not in columns]
+        columns += [c for c in row if c not in columns and c != "group_boundaries"]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
@@ -157,16 +180,245 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
                 "above chance.",
                 "",
             ] + _table(subset, group_columns)
+            lines += _group_boundaries(subset)
+        times = [
+            f"{MODEL_TITLES[r['model']]} ({r['encoder']}) {r[TIME_COLUMN]:.1f} s"
+            for r in subset if TIME_COLUMN in r
+        ]
+        if times:
+            lines += ["", "Training time per epoch: " + ", ".join(times) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_greb_tables(records: Iterable[Dict[str, Any]], output_dir: os.PathLike) -> Tuple[Path, Path]:
-    """Writes ``greb.csv`` and ``greb.md`` to ``output_dir``; returns their paths."""
+def _group_boundaries(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    described = next((r["group_boundaries"] for r in rows if r.get("group_boundaries")), None)
+    if described is None:
+        return []
+    parts = [
+        f"{name}: {described[name]['num_items']} items, {described[name]['min_count']}-"
+        f"{described[name]['max_count']} training interactions each"
+        for name in POPULARITY_GROUPS if name in described
+    ]
+    return ["", f"Groups ({described['rule']}): " + "; ".join(parts) + "."]
+
+
+def plot_greb(rows: Sequence[Dict[str, Any]], path: Path) -> None:
+    """Per dataset, the first metric of every model (NDCG@10 or AUC) per encoder, as grouped bars."""
+    from matplotlib.figure import Figure
+
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    figure = Figure(figsize=(7, 3 * len(datasets)), layout="constrained")
+    for ax, dataset in zip(np.atleast_1d(figure.subplots(len(datasets), 1)), datasets):
+        subset = [r for r in rows if r["dataset"] == dataset]
+        models = [m for m in RETRIEVAL_MODELS + RANKING_MODELS if any(r["model"] == m for r in subset)]
+        encoders = list(dict.fromkeys(r["encoder"] for r in subset))
+        width = 0.8 / len(encoders)
+        for e, encoder in enumerate(encoders):
+            by_model = {r["model"]: r for r in subset if r["encoder"] == encoder}
+            keys = [_metrics_of(m)[0][0] for m in models]
+            values = [by_model[m][k] if m in by_model else np.nan for m, k in zip(models, keys)]
+            errors = [by_model[m][f"{k}_std"] if m in by_model else 0 for m, k in zip(models, keys)]
+            ax.bar(np.arange(len(models)) + e * width, values, width, yerr=errors, label=encoder)
+        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
+        ax.set_xticklabels([f"{MODEL_TITLES[m]}\n{_metrics_of(m)[0][1]}" for m in models])
+        ax.set_title(dataset)
+        ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format="png")
+
+
+def write_greb_tables(records: Iterable[Dict[str, Any]], output_dir: os.PathLike) -> Tuple[Path, Path, Path]:
+    """Writes ``greb.csv``, ``greb.md`` and ``greb.png`` to ``output_dir``; returns their paths."""
     rows = summarize(records)
     if not rows:
         raise ValueError("no GRE-B results to tabulate")
     output_dir = Path(output_dir)
-    csv_path, md_path = output_dir / "greb.csv", output_dir / "greb.md"
+    csv_path, md_path, png_path = output_dir / "greb.csv", output_dir / "greb.md", output_dir / "greb.png"
     atomic_write_text(csv_path, csv_text(rows))
     atomic_write_text(md_path, markdown_text(rows))
-    return csv_path, md_path
+    plot_greb(rows, png_path)
+    return csv_path, md_path, png_path
+
+
+class GrebError(UserError):
+    """A GRE-B runner argument that cannot run."""
+
+
+def _names(text: str, option: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise GrebError(f"{option} needs at least one name")
+    return list(dict.fromkeys(names))
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m generative_recommenders.greb", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dataset", action="append", default=[], help="a prepared or public dataset (repeatable)")
+    parser.add_argument("--local_dir", action="append", default=[], type=Path,
+                        help="a local-format folder (interactions.csv + items.jsonl), named by its folder (repeatable)")
+    parser.add_argument("--encoders", default="none,minilm", help="text encoders; none is the id-only model")
+    parser.add_argument("--models", default=",".join(RETRIEVAL_MODELS + RANKING_MODELS))
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--epochs", type=int, help="caps every model's epochs (a quick look)")
+    parser.add_argument("--ctr_epochs", type=int, help="caps the CTR models' (DIN, DeepFM) epochs (default --epochs)")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="passed to every run (repeatable)")
+    parser.add_argument("--cold_item_share", type=float,
+                        help="retrieval models train without this seeded share of the items (train_fn.cold_item_share)")
+    parser.add_argument("--data_root", type=Path, default=Path("tmp"), help="where datasets are prepared")
+    parser.add_argument("--output_dir", type=Path, default=Path("exps/greb"))
+    args = parser.parse_args(argv)
+    args.encoders = _names(args.encoders, "--encoders")
+    args.models = _names(args.models, "--models")
+    unknown = [m for m in args.models if m not in MODEL_TITLES]
+    if unknown:
+        raise GrebError(f"--models: {', '.join(unknown)} is not a GRE-B model; choose from {', '.join(MODEL_TITLES)}")
+    try:
+        args.seeds = [int(seed) for seed in _names(args.seeds, "--seeds")]
+    except ValueError:
+        raise GrebError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    for option in ("epochs", "ctr_epochs"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise GrebError(f"--{option} must be >= 1, got {getattr(args, option)}")
+    if not args.dataset and not args.local_dir:
+        raise GrebError("name a dataset: --dataset NAME or --local_dir DIR")
+    return args
+
+
+def prepare_datasets(args: argparse.Namespace) -> List[str]:
+    """Prepares what is missing under ``--data_root``; returns the dataset names."""
+    import preprocess_public_data as prep  # the repository's preparation script (run from its root)
+
+    from generative_recommenders.data.local import load_local_dataset
+
+    names = []
+    for name in args.dataset:
+        if prep.why_not_prepared(args.data_root / name) is None:
+            names.append(name)
+            continue
+        if name not in prep.PUBLIC_DATASETS:
+            raise GrebError(f"--dataset {name}: not prepared in {args.data_root} and not a public dataset; "
+                            "pass its folder with --local_dir")
+        public = prep.PUBLIC_DATASETS[name]
+        prep.prepare_dataset(
+            name, partial(public.load, args.data_root / "raw"), args.data_root, False, public.text_recipe,
+            f"python3 preprocess_public_data.py --dataset {name}", timestamp_unit=public.timestamp_unit,
+        )
+        names.append(name)
+    for folder in args.local_dir:
+        name = folder.resolve().name
+        prep.prepare_dataset(
+            name, partial(load_local_dataset, folder), args.data_root, False, "local",
+            f"python3 preprocess_public_data.py --local_dir {folder} --dataset_name {name}",
+        )
+        names.append(name)
+    return names
+
+
+def prepare_embeddings(datasets: Sequence[str], encoders: Sequence[str], data_root: Path) -> None:
+    """Computes the text embeddings that are missing; every encoder they need is loaded (checked) first."""
+    from generative_recommenders.text.embedding_store import (
+        EmbeddingFileError,
+        compute_item_text_embeddings,
+        load_dataset_text_embeddings,
+        read_item_texts,
+    )
+    from generative_recommenders.text.encoders import check_text_encoder_name, get_text_encoder
+
+    missing = []
+    for encoder in encoders:
+        if encoder == NAIVE:
+            continue
+        check_text_encoder_name(encoder)
+        for dataset in datasets:
+            texts = read_item_texts(data_root / dataset)
+            try:
+                load_dataset_text_embeddings(data_root / dataset, encoder, len(texts))
+            except EmbeddingFileError:
+                missing.append((dataset, encoder, texts))
+    loaded = {encoder: get_text_encoder(encoder) for encoder in dict.fromkeys(e for _, e, _ in missing)}
+    for dataset, encoder, texts in missing:
+        print(f"{dataset}: computing {encoder} item text embeddings")
+        compute_item_text_embeddings(texts, loaded[encoder], data_root / dataset, data_root / "text_cache")
+
+
+def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: str, seed: int) -> List[str]:
+    bindings = [
+        f'train_fn.dataset_name = "{dataset}"',
+        f'train_fn.data_root = "{args.data_root}"',
+        f'train_fn.output_root = "{args.output_dir / "runs"}"',
+        f'train_fn.run_name = "{model}-{encoder}"',
+        f"train_fn.random_seed = {seed}",
+    ]
+    if encoder != NAIVE:
+        bindings.append(f'train_fn.text_embedding_model = "{encoder}"')
+    epochs = args.ctr_epochs if model in RANKING_MODELS and args.ctr_epochs is not None else args.epochs
+    if epochs is not None:
+        bindings.append(f"train_fn.num_epochs = {epochs}")
+    if args.cold_item_share is not None and model in RETRIEVAL_MODELS:  # CTR samples have no cold split
+        bindings.append(f"train_fn.cold_item_share = {args.cold_item_share}")
+    return bindings + list(args.gin_bindings)
+
+
+def config_file(model: str, encoder: str) -> str:
+    return str(CONFIG_DIR / f"{model}{'' if encoder == NAIVE else '-text'}.gin")
+
+
+def check_runs(args: argparse.Namespace, datasets: Sequence[str]) -> None:
+    """Every run's config checks out against its data before anything trains."""
+    from generative_recommenders.data.sequence_format import load_sequence_dataset
+    from generative_recommenders.trainer.config import parse_gin
+    from generative_recommenders.trainer.train import config_from_gin
+
+    for dataset in datasets:
+        num_items = load_sequence_dataset(args.data_root / dataset).num_items
+        for model in args.models:
+            for encoder in args.encoders:
+                parse_gin([config_file(model, encoder)], run_bindings(args, dataset, encoder, model, args.seeds[0]))
+                config = config_from_gin()
+                if config.task == "retrieval" and config.num_negatives >= num_items:
+                    raise GrebError(
+                        f"{dataset} has {num_items} items, fewer than {model}'s {config.num_negatives} negatives "
+                        "per position; lower it with --gin_bindings 'train_fn.num_negatives = N'"
+                    )
+
+
+def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str, seed: int) -> Dict[str, Any]:
+    """A trainer results record as the tables read it."""
+    record = {
+        "dataset": dataset, "encoder": encoder, "model": model, "seed": seed,
+        "test": results["best"]["test"],
+        TIME_COLUMN: results["train_seconds"] / max(1, results["epochs_trained"]),
+    }
+    for key in ("popularity_groups", COLD_ITEMS, "has_categories"):
+        if key in results:
+            record[key] = results[key]
+    return record
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from generative_recommenders.logs import configure_logging
+    from generative_recommenders.trainer.train import train_config_file
+
+    configure_logging()
+    args = parse_args(argv)
+    datasets = prepare_datasets(args)
+    prepare_embeddings(datasets, args.encoders, args.data_root)
+    check_runs(args, datasets)
+    records = []
+    for dataset in datasets:
+        for encoder in args.encoders:
+            for model in args.models:
+                for seed in args.seeds:
+                    bindings = run_bindings(args, dataset, encoder, model, seed)
+                    results = train_config_file(config_file(model, encoder), bindings)
+                    records.append(greb_record(results, dataset, encoder, model, seed))
+                    paths = write_greb_tables(records, args.output_dir)  # the table so far
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    run_command("greb", main, sys.argv[1:])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from generative_recommenders.trainer import train
+from generative_recommenders.trainer import tasks, train
 from generative_recommenders.trainer.run_folder import RunFolderError
 from generative_recommenders.trainer.checkpoint import (
     CHECKPOINT_FILE,
@@ -127,7 +127,7 @@ def _train_in_process(config: Path, output_root: Path, crash_at_step=None, resum
         [*RESUME_BINDINGS, f'train_fn.output_root = "{output_root}"', 'train_fn.run_name = "hstu-tiny"',
          *extra_bindings],
     )
-    real_loss, calls = train.training_loss, []
+    real_loss, calls = tasks.training_loss, []
 
     def crashing_loss(*args, **kwargs):
         if len(calls) == crash_at_step:
@@ -135,11 +135,11 @@ def _train_in_process(config: Path, output_root: Path, crash_at_step=None, resum
         calls.append(None)
         return real_loss(*args, **kwargs)
 
-    train.training_loss = crashing_loss
+    tasks.training_loss = crashing_loss
     try:
         return train.train_fn(resume=resume)
     finally:
-        train.training_loss = real_loss
+        tasks.training_loss = real_loss
         gin.clear_config()
 
 
@@ -184,14 +184,14 @@ def test_sigkilled_main_resumes_to_the_uninterrupted_results(tiny_hstu, tmp_path
         "import os, signal, sys\n"
         "from absl import app\n"
         "import main\n"
-        "from generative_recommenders.trainer import train\n"
-        "real_loss, calls = train.training_loss, []\n"
+        "from generative_recommenders.trainer import tasks\n"
+        "real_loss, calls = tasks.training_loss, []\n"
         "def killing_loss(*args, **kwargs):\n"
         "    calls.append(None)\n"
         "    if len(calls) == 15:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real_loss(*args, **kwargs)\n"
-        "train.training_loss = killing_loss\n"
+        "tasks.training_loss = killing_loss\n"
         "app.run(main.main, argv=sys.argv)\n"
     )
     bindings = [*RESUME_BINDINGS, f'train_fn.output_root = "{tmp_path / "killed"}"']

@@ -34,7 +34,9 @@ def test_demo_trains_the_three_models_and_ends_with_their_table(tmp_path, capsys
     finally:
         gin.clear_config()
     out = capsys.readouterr().out
-    table = out[out.index("== ml100k"):out.index("User u0's last five films")].splitlines()
+    table = out[out.index("== ml100k"):out.index("NDCG@10 / HR@10 by test target")].splitlines()
+    groups = out[out.index("NDCG@10 / HR@10 by test target"):out.index("User u0's last five films")]
+    assert "| model | head | torso | tail |" in groups and "| HSTU + minilm |" in groups
     rows = [line for line in table if line and not line.startswith(("==", "(", " ", "wrote "))]
     assert [line.split("  ")[0] for line in rows] == ["model", "SASRec", "HSTU", "HSTU + minilm"]
 

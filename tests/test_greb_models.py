@@ -1,5 +1,6 @@
 """DSSM, DIN and DeepFM: hand cases, padding, the FM identity, text paths, and learning on structured data."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -200,3 +201,20 @@ def test_sasrec_learns_with_binary_cross_entropy():
             optimizer.step()
     test = batches(SequenceView(data, 20, ignore_last_n=0), collate_sequences, 64)
     assert evaluate_ranking(model, test, CPU).means()["hr@10"] > 0.6
+
+
+def test_registry_builds_the_greb_models_by_name_with_their_tasks():
+    from generative_recommenders.modeling.registry import ModelInputs, UnknownModelError, build_model, model_task
+
+    text = torch.randn(11, 8)
+    inputs = ModelInputs(num_items=10, embedding_dim=16, num_positions=21, dropout_rate=0.0,
+                         text_embeddings=text, num_categories=3)
+    assert {name: model_task(name) for name in ("HSTU", "SASRec", "DSSM", "DIN", "DeepFM")} == {
+        "HSTU": "retrieval", "SASRec": "retrieval", "DSSM": "retrieval", "DIN": "ctr", "DeepFM": "ctr"}
+    din = build_model("DIN", inputs)
+    assert din.fields.num_fields == 3 and din.description() == "DIN-id16-cat-text8"
+    assert build_model("DSSM", inputs).all_item_embeddings().shape == (11, 128)
+    assert build_model("DeepFM", dataclasses.replace(inputs, num_categories=0, text_embeddings=None)).description() \
+        == "DeepFM-id16"
+    with pytest.raises(UnknownModelError, match="'GRU4Rec' is not a registered model"):
+        model_task("GRU4Rec")

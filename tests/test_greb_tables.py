@@ -57,9 +57,9 @@ def test_markdown_marks_the_best_and_the_change_over_none():
 
 
 def test_writes_csv_and_markdown(tmp_path):
-    csv_path, md_path = write_greb_tables(RECORDS, tmp_path / "greb")
+    csv_path, md_path, png_path = write_greb_tables(RECORDS, tmp_path / "greb")
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 4 and {"ndcg@10", "hr@10", "auc", "logloss", "tail/ndcg@10"} <= set(rows[0])
-    assert md_path.read_text().startswith("# GRE-B")
+    assert md_path.read_text().startswith("# GRE-B") and png_path.stat().st_size > 0
     with pytest.raises(ValueError, match="seed listed twice"):
         summarize(RECORDS + [ranking("none", 1, 0.5, 0.7)])

@@ -9,7 +9,7 @@ import torch
 
 from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
 from generative_recommenders.evaluation.metrics import MetricAccumulator
-from generative_recommenders.trainer import train
+from generative_recommenders.trainer import tasks, train
 from generative_recommenders.trainer.protocol import ModelSelection, protocol_views
 from test_train import cyclic_dataset, tiny_config
 
@@ -70,7 +70,7 @@ def test_training_never_sees_the_held_out_items(tmp_path, monkeypatch, protocol,
             seen[user] = history[:length].tolist() + [int(target)]  # everything the loss reads
         return torch.zeros((), requires_grad=True)
 
-    monkeypatch.setattr(train, "training_loss", recording_loss)
+    monkeypatch.setattr(tasks, "training_loss", recording_loss)
     train.train_fn()
     data = load_sequence_dataset(tmp_path / "data" / "cyclic")
     assert len(seen) == data.num_users
@@ -120,7 +120,7 @@ def _scripted_evaluation(monkeypatch):
     """Replaces the ranking with scripted validation ranks; records the weights each evaluation saw."""
     calls = []
 
-    def evaluate(model, loader, device, rank_cap=None, max_batches=None, repeated_target="rank"):
+    def evaluate(model, loader, device, rank_cap=None, max_batches=None, **groups_and_repeats):
         split = "valid" if loader.dataset.ignore_last_n == 1 else "test"
         rank = SCRIPTED_RANKS[sum(c[0] == "valid" for c in calls)] if split == "valid" else 1
         calls.append((split, {k: v.clone() for k, v in model.state_dict().items()}))
@@ -128,7 +128,7 @@ def _scripted_evaluation(monkeypatch):
         acc.add(torch.tensor([rank]))
         return acc
 
-    monkeypatch.setattr(train, "evaluate_ranking", evaluate)
+    monkeypatch.setattr(tasks, "evaluate_ranking", evaluate)
     return calls
 
 

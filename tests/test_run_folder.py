@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from generative_recommenders.errors import one_line
-from generative_recommenders.trainer import train
+from generative_recommenders.trainer import tasks
 from generative_recommenders.trainer.config import ConfigError
 from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, only_extends_epochs
 from generative_recommenders.trainer.train import TrainingDiverged, train_config_file
@@ -108,7 +108,7 @@ def test_more_negatives_than_items_is_a_warning_with_the_numbers(tiny, capsys):
 
 def test_a_nan_loss_is_one_line_naming_the_step(tiny, monkeypatch):
     _, config = tiny
-    real_loss = train.training_loss
+    real_loss = tasks.training_loss
 
     def nan_at_third_step(*args, **kwargs):
         loss = real_loss(*args, **kwargs)
@@ -116,7 +116,7 @@ def test_a_nan_loss_is_one_line_naming_the_step(tiny, monkeypatch):
         return loss * math.nan if nan_at_third_step.calls == 3 else loss
 
     nan_at_third_step.calls = 0
-    monkeypatch.setattr(train, "training_loss", nan_at_third_step)
+    monkeypatch.setattr(tasks, "training_loss", nan_at_third_step)
     with pytest.raises(TrainingDiverged) as error:
         train_config_file(str(config), [ONE_EPOCH])
     assert one_line(error.value) == (

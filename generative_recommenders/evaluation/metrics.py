@@ -104,4 +104,6 @@ DEFAULT_REPORTED = ("hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@200", "mrr")
 
 
 def format_metrics(metrics: Dict[str, float], names: Sequence[str] = DEFAULT_REPORTED) -> str:
-    return ", ".join(f"{name.upper()} {metrics[name]:.4f}" for name in names)
+    """``names`` that ``metrics`` has (all of its metrics if it has none of them, e.g. AUC and Logloss)."""
+    shown = [name for name in names if name in metrics] or list(metrics)
+    return ", ".join(f"{name.upper()} {metrics[name]:.4f}" for name in shown)

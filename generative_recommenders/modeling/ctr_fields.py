@@ -167,6 +167,16 @@ class CTRModel(torch.nn.Module):
     def num_items(self) -> int:
         return self.fields.num_items
 
+    def description(self) -> str:
+        """E.g. ``DIN-id32-cat-text384``: the model and its item fields."""
+        fields = self.fields
+        parts = [type(self).__name__, f"id{fields.embedding_dim}"]
+        if fields.uses_categories:
+            parts.append("cat")
+        if fields.text_field is not None:
+            parts.append(f"text{fields.text_embeddings.size(1)}")
+        return "-".join(parts)
+
 
 def ctr_training_loss(
     model: torch.nn.Module, batch: Dict[str, torch.Tensor], device: torch.device

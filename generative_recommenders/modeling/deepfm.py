@@ -14,6 +14,7 @@ import gin
 import torch
 
 from generative_recommenders.modeling.ctr_fields import CTRModel, mlp_to_logit
+from generative_recommenders.modeling.registry import ModelInputs, register_model
 
 
 def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
@@ -80,3 +81,8 @@ def build_deepfm(
 ) -> DeepFM:
     """DeepFM (naive) or TE_ID_DeepFM (with ``text_embeddings [num_items + 1, T]``); ``deepfm.*`` from gin."""
     return DeepFM(num_items, embedding_dim, num_categories, text_embeddings)
+
+
+@register_model("DeepFM", task="ctr")
+def build_deepfm_model(inputs: ModelInputs) -> DeepFM:
+    return build_deepfm(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings, inputs.num_categories)

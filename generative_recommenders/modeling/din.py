@@ -16,6 +16,7 @@ import gin
 import torch
 
 from generative_recommenders.modeling.ctr_fields import CTRModel, mlp_to_logit
+from generative_recommenders.modeling.registry import ModelInputs, register_model
 
 
 @gin.configurable("din")
@@ -68,3 +69,8 @@ def build_din(
 ) -> DIN:
     """DIN (naive) or TE_ID_DIN (with ``text_embeddings [num_items + 1, T]``); ``din.*`` from gin."""
     return DIN(num_items, embedding_dim, num_categories, text_embeddings)
+
+
+@register_model("DIN", task="ctr")
+def build_din_model(inputs: ModelInputs) -> DIN:
+    return build_din(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings, inputs.num_categories)

@@ -20,6 +20,7 @@ import torch
 from generative_recommenders.modeling.ctr_fields import mlp
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
 from generative_recommenders.modeling.losses import binary_cross_entropy_with_negatives, sample_negatives
+from generative_recommenders.modeling.registry import ModelInputs, register_model
 
 
 @gin.configurable("dssm")
@@ -45,6 +46,9 @@ class DSSM(torch.nn.Module):
     @property
     def num_items(self) -> int:
         return self.item_embedding.num_items
+
+    def description(self) -> str:
+        return f"DSSM-{self.item_embedding.description}"
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Item tower outputs ``[..., D]`` for ids of any shape."""
@@ -121,3 +125,8 @@ def build_dssm(
         else ItemEmbeddingWithText(num_items, embedding_dim, text_embeddings)
     )
     return DSSM(item_embedding)
+
+
+@register_model("DSSM", task="retrieval")
+def build_dssm_model(inputs: ModelInputs) -> DSSM:
+    return build_dssm(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings)

@@ -16,7 +16,7 @@ import gin
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.metrics import METRIC_NAMES
 from generative_recommenders.modeling.losses import SAMPLING_STRATEGIES
-from generative_recommenders.modeling.registry import registered_models
+from generative_recommenders.modeling.registry import model_task, registered_models
 from generative_recommenders.ops import jagged
 from generative_recommenders.ops.sequences import ATTENTION_BACKENDS
 from generative_recommenders.trainer.protocol import PROTOCOLS
@@ -27,9 +27,15 @@ _TEXT_ALIASES = {
     "LearnablePositionalEmbeddingWithTextPreprocessor": "LearnablePositionalEmbeddingInputFeaturesPreprocessor",
     "local_with_text": "local",
 }
+# Retrieval models train with either (GRE-B's SASRec and DSSM: binary cross-entropy); DSSM and
+# the CTR models with binary cross-entropy only.
+LOSS_MODULES = ("SampledSoftmaxLoss", "BinaryCrossEntropyLoss")
+BCE_ONLY_MODELS = ("DSSM",)
+# Selection keeps the highest value: CTR runs select on AUC.
+CTR_SELECTION_METRICS = ("auc",)
 # Reference parameters with one supported value (other values are refused, never ignored).
 _SINGLE_CHOICES = {
-    "loss_module": ("SampledSoftmaxLoss",),
+    "loss_module": LOSS_MODULES,
     "interaction_module_type": ("DotProduct",),
     "top_k_method": ("MIPSBruteForceTopK",),
     "feat_prep": ("LearnablePositionalEmbeddingInputFeaturesPreprocessor",),
@@ -86,6 +92,9 @@ class TrainConfig:
     data_root: str
     output_root: str
     run_name: Optional[str]
+    cold_item_share: Optional[float] = None
+    lr_plateau_factor: Optional[float] = None
+    lr_plateau_patience: int = 1
 
     @property
     def num_positions(self) -> int:
@@ -99,6 +108,11 @@ class TrainConfig:
     @property
     def validated(self) -> bool:
         return self.eval_protocol == "validated"
+
+    @property
+    def task(self) -> str:
+        """``retrieval`` or ``ctr``: what ``main_module`` trains on (the model registry says)."""
+        return model_task(self.main_module)
 
     @classmethod
     def from_arguments(cls, arguments: Dict[str, Any]) -> "TrainConfig":
@@ -117,7 +131,8 @@ class TrainConfig:
         _require("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES)
         _require("embedding_module_type", self.embedding_module_type, ("local", "local_and_text"))
         _require("eval_protocol", self.eval_protocol, PROTOCOLS)
-        _require("selection_metric", self.selection_metric, METRIC_NAMES)
+        metrics = CTR_SELECTION_METRICS if self.task == "ctr" else METRIC_NAMES
+        _require("selection_metric", self.selection_metric, metrics)
         _require("user_embedding_norm", self.user_embedding_norm, ("l2_norm", "layer_norm"))
         _require("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         _require("jagged_backend", self.jagged_backend, jagged.BACKENDS)
@@ -146,10 +161,45 @@ class TrainConfig:
                 "train_fn.embedding_module_type = \"local_and_text\" and train_fn.text_embedding_model "
                 "go together (set both, or neither)"
             )
+        self._check_task()
+        self._check_schedule()
         if self.patience is not None and not self.validated:
             raise ConfigError(
                 "train_fn.patience needs the validated protocol: the reference protocol has no "
                 "validation split, and stopping on the test set would select on it"
+            )
+
+
+    def _check_task(self) -> None:
+        if self.task == "ctr" or self.main_module in BCE_ONLY_MODELS:
+            _require("loss_module", self.loss_module, ("BinaryCrossEntropyLoss",))
+        if self.task == "ctr":
+            if not self.validated:
+                raise ConfigError(
+                    f"train_fn.eval_protocol = \"{self.eval_protocol}\": {self.main_module} (a CTR model) trains "
+                    "under the validated protocol only (its validation split selects the epoch)"
+                )
+            for name in ("cold_item_share", "length_bucketed_batches"):
+                if getattr(self, name):
+                    raise ConfigError(f"train_fn.{name} is for retrieval models; drop it for {self.main_module}")
+        if self.cold_item_share is not None:
+            _require_number("cold_item_share", self.cold_item_share)
+            if not 0.0 < self.cold_item_share < 1.0:
+                raise ConfigError(f"train_fn.cold_item_share must be in (0, 1) or None, got {self.cold_item_share}")
+            if not self.validated:
+                raise ConfigError("train_fn.cold_item_share needs the validated protocol; drop it or use validated")
+
+    def _check_schedule(self) -> None:
+        _require_int("lr_plateau_patience", self.lr_plateau_patience, minimum=0)
+        if self.lr_plateau_factor is None:
+            return
+        _require_number("lr_plateau_factor", self.lr_plateau_factor)
+        if not 0.0 < self.lr_plateau_factor < 1.0:
+            raise ConfigError(f"train_fn.lr_plateau_factor must be in (0, 1) or None, got {self.lr_plateau_factor}")
+        if not self.validated or self.num_warmup_steps:
+            raise ConfigError(
+                "train_fn.lr_plateau_factor steps on the validation metric: it needs the validated protocol "
+                "and train_fn.num_warmup_steps = 0"
             )
 
 

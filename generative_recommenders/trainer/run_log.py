@@ -54,15 +54,18 @@ class RunLog:
         self.scalar("losses/train_epoch", train_loss, epoch)
         self.results["epochs"].append({"epoch": epoch, "train_loss": train_loss})
 
-    def evaluation(self, epoch: int, split: str, full: bool, metrics: Dict[str, float], users: int) -> None:
+    def evaluation(self, epoch: int, split: str, full: bool, evaluation: Any) -> None:
+        """Logs a ``tasks.Evaluation``: its metrics, count (``users``) and per-group metrics."""
+        metrics, users = evaluation.metrics, evaluation.count
         kind = "" if full else " (partial)"
         self.message(f"eval @ epoch {epoch} [{split}{kind}, {users} users]: {format_metrics(metrics)}")
         prefix = split if full else f"{split}_partial"
         for name, value in metrics.items():
             self.scalar(f"{prefix}/{name}", value, epoch)
-        self.results["evaluations"].append(
-            {"epoch": epoch, "split": split, "full": full, "users": users, "metrics": metrics}
-        )
+        entry = {"epoch": epoch, "split": split, "full": full, "users": users, "metrics": metrics}
+        if evaluation.groups:
+            entry["groups"] = evaluation.groups
+        self.results["evaluations"].append(entry)
 
     def save(self) -> None:
         if not self.active:

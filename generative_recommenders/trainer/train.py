@@ -6,8 +6,10 @@ names (its gin files load unchanged). It checks its arguments into one frozen
 :func:`build` (data views, loaders, model, optimizer, LR warm-up),
 :func:`resume_or_start`, :func:`train_epoch` (which runs :func:`train_step`,
 the one training step, also what the throughput benchmark times),
-:func:`evaluate` and :func:`final_test`. The evaluation protocols are
-described in ``protocol.py``, checkpoint/resume in ``checkpoint.py``.
+:func:`evaluate` and :func:`final_test`. What differs between the retrieval
+and the CTR task (data views, loss, evaluation) is in ``tasks.py``; the
+evaluation protocols are described in ``protocol.py``, checkpoint/resume in
+``checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import ast
 import contextlib
 import dataclasses
 import datetime
-import functools
 import importlib.metadata
 import math
 import os
@@ -38,10 +39,7 @@ from generative_recommenders.data.batching import LengthBucketedBatchSampler, hi
 from generative_recommenders.data.dataset import collate_sequences, repeated_target_shares
 from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
 from generative_recommenders.errors import UserError
-from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, MetricAccumulator
-from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.logs import configure_logging, get_logger
-from generative_recommenders.modeling.losses import training_loss
 from generative_recommenders.modeling.registry import ModelInputs, build_model, import_model_modules
 from generative_recommenders.ops import jagged
 from generative_recommenders.ops.sequences import DEFAULT_ATTENTION_BACKEND
@@ -63,13 +61,13 @@ from generative_recommenders.trainer.distributed import (
     gather_objects,
     mean_across_ranks,
     process_seed,
-    reduce_metrics,
     single_process_context,
     wrap_for_training,
 )
-from generative_recommenders.trainer.protocol import ModelSelection, ProtocolViews, protocol_views
+from generative_recommenders.trainer.protocol import ModelSelection
 from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, check_existing_run
 from generative_recommenders.trainer.run_log import RunLog
+from generative_recommenders.trainer.tasks import CTRTask, Evaluation, RetrievalTask, TaskViews, task_for
 
 logger = get_logger(__name__)
 import_model_modules()  # the models' gin configurables (hstu_encoder, ...) must exist before a config is parsed
@@ -93,8 +91,10 @@ def create_data_loader(
     num_workers: int = 0,
     prefetch_factor: Optional[int] = None,
     batch_sampler: Optional[Sampler] = None,
+    collate_fn: Callable[[List[Any]], Dict[str, torch.Tensor]] = collate_sequences,
 ) -> torch.utils.data.DataLoader:
-    """Batches in ``sampler``'s order (sequential without one), or ``batch_sampler``'s batches."""
+    """Batches in ``sampler``'s order (sequential without one), or ``batch_sampler``'s batches,
+    collated by ``collate_fn`` (the task's)."""
     # Examples are slices of in-memory arrays: more workers than spare cores only compete
     # with the training threads (the reference configs ask for 8).
     workers = min(num_workers, max(0, (os.cpu_count() or 1) - 2))
@@ -103,7 +103,7 @@ def create_data_loader(
         batch_size=batch_size if batch_sampler is None else 1,
         sampler=sampler,
         batch_sampler=batch_sampler,
-        collate_fn=collate_sequences,
+        collate_fn=collate_fn,
         num_workers=workers,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
@@ -113,7 +113,9 @@ def create_data_loader(
     )
 
 
-def model_inputs(config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor]) -> ModelInputs:
+def model_inputs(
+    config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor], num_categories: int = 0
+) -> ModelInputs:
     """What the model registry's builders get from a run's config and data."""
     return ModelInputs(
         num_items=num_items,
@@ -126,6 +128,7 @@ def model_inputs(config: TrainConfig, num_items: int, text_embeddings: Optional[
         text_embeddings=text_embeddings,
         attention_backend=config.attention_backend,
         jagged_backend=config.jagged_backend,
+        num_categories=num_categories,
     )
 
 
@@ -149,7 +152,8 @@ class TrainingRun:
     context: DistributedContext
     gin_config: str
     data: SequenceDataset
-    views: ProtocolViews
+    task: RetrievalTask | CTRTask
+    views: TaskViews
     train_sampler: Any  # ResumableSampler or LengthBucketedBatchSampler: both have set_position
     train_loader: torch.utils.data.DataLoader
     batches_per_epoch: int
@@ -159,7 +163,8 @@ class TrainingRun:
     model: torch.nn.Module
     train_module: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]  # stepped every training step
+    plateau: Optional[torch.optim.lr_scheduler.ReduceLROnPlateau]  # stepped on every validation
     selection: Optional[ModelSelection]
     run_dir: Path
     log: Optional[RunLog] = None
@@ -192,12 +197,13 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         if config.with_text
         else None
     )
-    if config.num_negatives > data.num_items and context.is_main:
+    if config.task == "retrieval" and config.num_negatives > data.num_items and context.is_main:
         logger.warning(
             "train_fn.num_negatives = %d is more than the %d items of %s: negatives repeat within a position",
             config.num_negatives, data.num_items, config.dataset_name,
         )
-    views = protocol_views(data, config.max_sequence_length, config.eval_protocol)
+    task = task_for(config)
+    views = task.views(data, data_dir)
     if len(views.train) == 0:
         raise ConfigError(
             f"{config.dataset_name}: no user has enough items to train under the {config.eval_protocol} protocol"
@@ -208,38 +214,42 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
             raise ConfigError("train_fn.length_bucketed_batches runs in one process only; drop it or --nproc")
         train_sampler = LengthBucketedBatchSampler(history_lengths(views.train), batch_size, config.random_seed)
         batches_per_epoch = len(train_sampler)
-        train_loader = create_data_loader(views.train, batch_size, batch_sampler=train_sampler)
+        train_loader = create_data_loader(
+            views.train, batch_size, batch_sampler=train_sampler, collate_fn=views.collate
+        )
     else:
         train_sampler = ResumableSampler(
             views.train, batch_size, config.random_seed, num_replicas=context.world_size, rank=context.rank
         )
         batches_per_epoch = math.ceil(len(train_sampler.order) / batch_size)
-        train_loader = create_data_loader(views.train, batch_size, train_sampler)
+        train_loader = create_data_loader(views.train, batch_size, train_sampler, collate_fn=views.collate)
     # Shuffled like the reference so that partial evaluations see a random subset.
     eval_order = ShardSampler(
         len(views.eval), context.rank, context.world_size, shuffle=not config.validated, seed=config.random_seed
     )
-    eval_loader = create_data_loader(views.eval, config.eval_batch_size, eval_order)
+    eval_loader = create_data_loader(views.eval, config.eval_batch_size, eval_order, collate_fn=views.collate)
 
-    model = build_model(config.main_module, model_inputs(config, data.num_items, text_embeddings)).to(device)
+    inputs = model_inputs(config, data.num_items, text_embeddings, views.num_categories)
+    model = build_model(config.main_module, inputs).to(device)
     # Same initial weights on every rank (seeded above); from here each rank draws its own
     # negatives and dropout masks.
     seed_everything(process_seed(config.random_seed, context))
-    loss = functools.partial(
-        training_loss,
-        sampling_strategy=config.sampling_strategy,
-        num_negatives=config.num_negatives,
-        temperature=config.temperature,
-    )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
     )
+    if config.lr_plateau_factor is None:
+        scheduler, plateau = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(config.num_warmup_steps)), None
+    else:  # selection metrics are higher-is-better
+        scheduler, plateau = None, torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=config.lr_plateau_factor, patience=config.lr_plateau_patience
+        )
     run_name = config.run_name or model.description()
     return TrainingRun(
         config=config,
         context=context,
         gin_config=gin_config,
         data=data,
+        task=task,
         views=views,
         train_sampler=train_sampler,
         train_loader=train_loader,
@@ -249,9 +259,10 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         # A partial evaluation covers about the same number of users in any number of processes.
         partial_eval_batches=math.ceil(config.partial_eval_num_iters / context.world_size),
         model=model,
-        train_module=wrap_for_training(model, loss, context),
+        train_module=wrap_for_training(model, task.loss(config.main_module), context),
         optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(config.num_warmup_steps)),
+        scheduler=scheduler,
+        plateau=plateau,
         selection=ModelSelection(config.selection_metric, config.patience) if config.validated else None,
         run_dir=Path(config.output_root) / config.dataset_name / f"{run_name}-s{config.random_seed}",
     )
@@ -271,7 +282,9 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
         checkpoint = load_checkpoint(checkpoint_path, run.gin_config, run.data.stats(), context.world_size)
         run.model.load_state_dict(checkpoint["model"])
         run.optimizer.load_state_dict(checkpoint["optimizer"])
-        run.scheduler.load_state_dict(checkpoint["scheduler"])
+        for schedule, key in ((run.scheduler, "scheduler"), (run.plateau, "plateau")):
+            if schedule is not None:
+                schedule.load_state_dict(checkpoint[key])
         progress = Progress(**checkpoint["progress"])
         if run.selection is not None:
             run.selection.load_state_dict(checkpoint["selection"])
@@ -305,7 +318,8 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
             "config": dataclasses.asdict(config),
             "provenance": provenance(run.device),
             "num_parameters": sum(p.numel() for p in model.parameters()),
-            "skipped_users": {"train": run.views.train.num_skipped_users, "eval": run.views.eval.num_skipped_users},
+            "task": run.task.name,
+            **run.views.header,
             # Users whose last / second-to-last item repeats an item of their (capped) history.
             "repeated_targets": repeated_target_shares(run.data, config.max_sequence_length),
         },
@@ -323,9 +337,9 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
                 "item_embedding_dim": config.item_embedding_dim, "num_negatives": config.num_negatives,
                 "temperature": config.temperature, "patience": config.patience or 0,
             },
-            [f"valid/{config.selection_metric}", *(f"test_best/{m}" for m in DEFAULT_REPORTED)]
+            [f"valid/{config.selection_metric}", *(f"test_best/{m}" for m in run.task.reported_metrics)]
             if config.validated
-            else [f"test/{m}" for m in DEFAULT_REPORTED],
+            else [f"test/{m}" for m in run.task.reported_metrics],
         )
     else:
         run.log.results.update(checkpoint["results"])
@@ -352,7 +366,8 @@ def write_checkpoint(run: TrainingRun, progress: Progress) -> None:
                 "world_size": run.context.world_size,
                 "model": run.model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
+                "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
+                "plateau": None if run.plateau is None else run.plateau.state_dict(),
                 "rng": rng_states,
                 "progress": dataclasses.asdict(progress),
                 "selection": None if run.selection is None else run.selection.state_dict(),
@@ -366,15 +381,15 @@ def train_step(
     train_module: torch.nn.Module,
     batch: Dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
     context: DistributedContext,
     autocast_bf16: bool = False,
 ) -> float:
     """One optimizer step on ``batch``; returns the loss (averaged over the ranks, so that all stop together).
 
     ``train_module`` is :func:`~distributed.wrap_for_training`'s: called with
-    ``(batch, device)`` it returns the loss. ``autocast_bf16`` runs the forward
-    in bfloat16 autocast on CUDA.
+    ``(batch, device)`` it returns the loss. ``scheduler`` (if any) steps after
+    the optimizer. ``autocast_bf16`` runs the forward in bfloat16 autocast on CUDA.
     """
     device = context.device
     optimizer.zero_grad(set_to_none=True)
@@ -387,7 +402,8 @@ def train_step(
         )
     loss.backward()
     optimizer.step()
-    scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
     return loss_value
 
 
@@ -400,7 +416,7 @@ def train_epoch(run: TrainingRun, progress: Progress) -> None:
     # Off where stderr is no terminal (piped, a log file): bars would only interleave with the lines.
     bar = tqdm(run.train_loader, desc=f"epoch {epoch}", leave=False, mininterval=0.5, disable=None if context.is_main else True)
     for batch in bar:
-        lr = run.scheduler.get_last_lr()[0]
+        lr = run.optimizer.param_groups[0]["lr"]
         try:
             loss = train_step(run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16)
         except TrainingDiverged as error:
@@ -426,15 +442,9 @@ def train_epoch(run: TrainingRun, progress: Progress) -> None:
     progress.epoch, progress.batches_done, progress.epoch_losses = epoch + 1, 0, []
 
 
-def evaluate(run: TrainingRun, loader: torch.utils.data.DataLoader, max_batches: Optional[int] = None) -> MetricAccumulator:
-    """Full-ranking metrics of ``loader``'s users, summed over every rank. Under the reference protocol a
-    target that repeats a history item is a miss, as the paper's evaluation has it; under the validated
-    protocol it is ranked (a user who buys the same item again was predicted well if it ranks high)."""
-    repeated_target = "rank" if run.config.validated else "miss"
-    accumulator = evaluate_ranking(
-        run.model, loader, run.device, run.config.rank_cap, max_batches=max_batches, repeated_target=repeated_target
-    )
-    return reduce_metrics(accumulator, run.context)
+def evaluate(run: TrainingRun, loader: torch.utils.data.DataLoader, max_batches: Optional[int] = None) -> Evaluation:
+    """The task's metrics of ``loader``'s users (samples), over every rank (``tasks.py``)."""
+    return run.task.evaluate(run.model, loader, run.context, max_batches)
 
 
 def evaluate_epoch(run: TrainingRun, epoch: int) -> None:
@@ -445,11 +455,12 @@ def evaluate_epoch(run: TrainingRun, epoch: int) -> None:
     if not (full or not config.validated):
         return
     run.eval_order.set_epoch(epoch)
-    accumulator = evaluate(run, run.eval_loader, max_batches=None if full else run.partial_eval_batches)
-    metrics = accumulator.means()
-    run.log.evaluation(epoch, run.views.eval_split, full, metrics, accumulator.count)
+    evaluation = evaluate(run, run.eval_loader, max_batches=None if full else run.partial_eval_batches)
+    run.log.evaluation(epoch, run.views.eval_split, full, evaluation)
     if run.selection is not None:
-        run.selection.update(epoch, metrics, run.model)
+        run.selection.update(epoch, evaluation.metrics, run.model)
+    if run.plateau is not None:
+        run.plateau.step(evaluation.metrics[config.selection_metric])
 
 
 def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
@@ -467,24 +478,27 @@ def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
     log.results["train_seconds"] = progress.train_seconds
     log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
     test_loader = create_data_loader(
-        run.views.test, config.eval_batch_size, ShardSampler(len(run.views.test), context.rank, context.world_size)
+        run.views.test, config.eval_batch_size, ShardSampler(len(run.views.test), context.rank, context.world_size),
+        collate_fn=run.views.collate,
     )
     if context.is_main:
         atomic_torch_save(run.model.state_dict(), run.run_dir / "last_model.pt")
     if selection is not None:
         last = evaluate(run, test_loader)
-        log.evaluation(progress.epoch - 1, "test_last", True, last.means(), last.count)
+        log.evaluation(progress.epoch - 1, "test_last", True, last)
         run.model.load_state_dict(selection.best_state)
         if context.is_main:
             atomic_torch_save(selection.best_state, run.run_dir / "best_model.pt")
         best = evaluate(run, test_loader)
-        log.evaluation(selection.best["epoch"], "test_best", True, best.means(), best.count)
-        log.results["last"] = last.means()
-        log.results["best"] = dict(selection.best, test=best.means())
+        log.evaluation(selection.best["epoch"], "test_best", True, best)
+        log.results["last"] = last.metrics
+        log.results["best"] = dict(selection.best, test=best.metrics)
+        log.results.update(best.groups)  # the reported test's per-group metrics
         log.message(f"best epoch by validation {config.selection_metric}: {selection.best['epoch']}")
     else:
-        full_evaluations = [e for e in log.results["evaluations"] if e["full"]]
-        log.results["last"] = full_evaluations[-1]["metrics"]
+        last_full = [e for e in log.results["evaluations"] if e["full"]][-1]
+        log.results["last"] = last_full["metrics"]
+        log.results.update(last_full.get("groups", {}))
         log.results["best"] = None  # no validation split under the reference protocol
     log.results["epochs_trained"] = progress.epoch
     log.results["stopped_early"] = progress.epoch < config.num_epochs
@@ -630,6 +644,9 @@ def train_fn(
     data_root: str = "tmp",
     output_root: str = "exps",
     run_name: Optional[str] = None,
+    cold_item_share: Optional[float] = None,
+    lr_plateau_factor: Optional[float] = None,
+    lr_plateau_patience: int = 1,
     resume: bool = False,
     overwrite: bool = False,
     context: Optional[DistributedContext] = None,
@@ -669,6 +686,20 @@ def train_fn(
     (default: one process, on the GPU when there is one): each rank trains on
     its share of every batch-order, evaluates its share of the users, and rank
     0 alone writes logs, results and checkpoints.
+
+    The model's task (the registry's) decides the data views, loss and
+    evaluation (``tasks.py``): ``retrieval`` trains with ``loss_module``
+    (``SampledSoftmaxLoss``, or ``BinaryCrossEntropyLoss`` with
+    ``num_negatives`` uniform negatives, DSSM's only loss) and reports every
+    evaluation also per target-popularity group; ``ctr`` (DIN, DeepFM) trains
+    with binary cross-entropy on labelled samples (``loss_module =
+    "BinaryCrossEntropyLoss"``, validated protocol, ``selection_metric =
+    "auc"``). ``cold_item_share`` (validated retrieval only; default off)
+    removes that seeded share of the items from training and reports the test
+    users whose target is one of them under ``cold_items``.
+    ``lr_plateau_factor`` (default off) multiplies the learning rate by that
+    factor after ``lr_plateau_patience`` + 1 validations without a better
+    ``selection_metric`` (needs ``num_warmup_steps = 0``).
     """
     del save_ckpt_every_n
     arguments = dict(locals())
