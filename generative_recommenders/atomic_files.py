@@ -57,11 +57,6 @@ def atomic_path(path: os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: os.PathLike, text: str) -> None:
     """``text`` as UTF-8, newlines written as they are."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:

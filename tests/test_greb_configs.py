@@ -65,11 +65,12 @@ def test_din_config_builds_the_configured_model():
     import torch
 
     from generative_recommenders.modeling.din import build_din
+    from generative_recommenders.modeling.registry import ModelInputs
 
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings([str(GREB_ROOT / "din-text.gin")], [])
-        model = build_din(10, 32, text_embeddings=torch.randn(11, 8))
+        model = build_din(ModelInputs(10, 32, num_positions=1, dropout_rate=0.0, text_embeddings=torch.randn(11, 8)))
     finally:
         gin.clear_config()
     linears = [m.out_features for m in model.output.modules() if isinstance(m, torch.nn.Linear)]

@@ -18,10 +18,16 @@ from generative_recommenders.modeling.deepfm import DeepFM, build_deepfm, fm_int
 from generative_recommenders.modeling.din import DIN, build_din
 from generative_recommenders.modeling.dssm import build_dssm, dssm_training_loss
 from generative_recommenders.modeling.losses import binary_cross_entropy_with_negatives
+from generative_recommenders.modeling.registry import ModelInputs
 
 CPU = torch.device("cpu")
 NUM_CLUSTERS, CLUSTER_SIZE = 6, 10
 NUM_ITEMS = NUM_CLUSTERS * CLUSTER_SIZE
+
+
+def _inputs(num_items: int, embedding_dim: int, text_embeddings=None) -> ModelInputs:
+    """What the registry hands a builder (positions and dropout are for sequence models only)."""
+    return ModelInputs(num_items, embedding_dim, num_positions=1, dropout_rate=0.0, text_embeddings=text_embeddings)
 
 
 def clustered_dataset(num_users=300, length=8, seed=0) -> SequenceDataset:
@@ -114,14 +120,14 @@ def test_deepfm_text_field_changes_outputs_and_padding_does_not():
 
 def test_dssm_tower_shapes_and_the_text_path():
     torch.manual_seed(0)
-    naive = build_dssm(num_items=10, embedding_dim=8)
+    naive = build_dssm(_inputs(10, 8))
     history, lengths = torch.tensor([[1, 2, 0], [3, 0, 0]]), torch.tensor([2, 1])
     assert naive.query_embeddings(history, lengths, torch.zeros_like(history)).shape == (2, 128)
     assert naive.all_item_embeddings().shape == (11, 128)
     assert naive.normalize_items(naive.all_item_embeddings()) is not None and naive.num_items == 10
 
     text = torch.randn(11, 5)
-    model = build_dssm(num_items=10, embedding_dim=8, text_embeddings=text).eval()
+    model = build_dssm(_inputs(10, 8, text)).eval()
     before = model.all_item_embeddings()
     model.item_embedding.text_embeddings[4] = torch.randn(5)
     after = model.all_item_embeddings()
@@ -145,7 +151,7 @@ def test_bce_with_negatives_on_a_hand_case():
 def test_dssm_learns_clusters():
     torch.set_num_threads(1)
     data = clustered_dataset()
-    model = build_dssm(NUM_ITEMS, embedding_dim=16)
+    model = build_dssm(_inputs(NUM_ITEMS, 16))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     train = batches(SequenceView(data, 20, ignore_last_n=2), collate_sequences, 32, shuffle=True)
     for _ in range(8):
@@ -172,7 +178,7 @@ def test_ctr_models_learn_clusters(builder, with_text):
     # The text table knows the clusters: one direction per cluster plus noise.
     text = torch.cat([torch.zeros(1, 8), torch.eye(8)[:NUM_CLUSTERS].repeat_interleave(CLUSTER_SIZE, 0)])
     text[1:] += 0.1 * torch.randn(NUM_ITEMS, 8)
-    model = builder(NUM_ITEMS, 8, text_embeddings=text if with_text else None)
+    model = builder(_inputs(NUM_ITEMS, 8, text if with_text else None))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(6):
         for batch in batches(CTRView(data, "train", seed=1), collate_ctr, 128, shuffle=True):

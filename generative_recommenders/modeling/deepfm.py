@@ -73,16 +73,7 @@ class DeepFM(CTRModel):
         return linear + fm_interaction(fields) + self.dnn(fields.flatten(1)).squeeze(-1)
 
 
-def build_deepfm(
-    num_items: int,
-    embedding_dim: int,
-    text_embeddings: Optional[torch.Tensor] = None,
-    num_categories: int = 0,
-) -> DeepFM:
-    """DeepFM (naive) or TE_ID_DeepFM (with ``text_embeddings [num_items + 1, T]``); ``deepfm.*`` from gin."""
-    return DeepFM(num_items, embedding_dim, num_categories, text_embeddings)
-
-
 @register_model("DeepFM", task="ctr")
-def build_deepfm_model(inputs: ModelInputs) -> DeepFM:
-    return build_deepfm(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings, inputs.num_categories)
+def build_deepfm(inputs: ModelInputs) -> DeepFM:
+    """DeepFM (naive) or TE_ID_DeepFM (with ``inputs.text_embeddings [num_items + 1, T]``); ``deepfm.*`` from gin."""
+    return DeepFM(inputs.num_items, inputs.embedding_dim, inputs.num_categories, inputs.text_embeddings)

@@ -61,16 +61,7 @@ class DIN(CTRModel):
         return self.output(torch.cat([interest, query], dim=-1)).squeeze(-1)
 
 
-def build_din(
-    num_items: int,
-    embedding_dim: int,
-    text_embeddings: Optional[torch.Tensor] = None,
-    num_categories: int = 0,
-) -> DIN:
-    """DIN (naive) or TE_ID_DIN (with ``text_embeddings [num_items + 1, T]``); ``din.*`` from gin."""
-    return DIN(num_items, embedding_dim, num_categories, text_embeddings)
-
-
 @register_model("DIN", task="ctr")
-def build_din_model(inputs: ModelInputs) -> DIN:
-    return build_din(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings, inputs.num_categories)
+def build_din(inputs: ModelInputs) -> DIN:
+    """DIN (naive) or TE_ID_DIN (with ``inputs.text_embeddings [num_items + 1, T]``); ``din.*`` from gin."""
+    return DIN(inputs.num_items, inputs.embedding_dim, inputs.num_categories, inputs.text_embeddings)

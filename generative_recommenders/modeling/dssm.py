@@ -12,13 +12,13 @@ The model has the retrieval evaluation's interface (``query_embeddings``,
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import gin
 import torch
 
 from generative_recommenders.modeling.ctr_fields import mlp
-from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
+from generative_recommenders.modeling.item_embeddings import item_embedding_module
 from generative_recommenders.modeling.losses import binary_cross_entropy_with_negatives, sample_negatives
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 
@@ -108,25 +108,8 @@ def dssm_training_loss(
     return binary_cross_entropy_with_negatives(positive_logits, negative_logits, positive_ids, negative_ids)
 
 
-def build_dssm(
-    num_items: int,
-    embedding_dim: int,
-    text_embeddings: Optional[torch.Tensor] = None,
-    num_categories: int = 0,
-) -> DSSM:
-    """DSSM (naive) or TE_ID_DSSM (id + projected ``text_embeddings [num_items + 1, T]``).
-
-    ``num_categories`` is accepted for a common builder signature; DSSM uses ids only.
-    """
-    del num_categories
-    item_embedding = (
-        ItemEmbedding(num_items, embedding_dim)
-        if text_embeddings is None
-        else ItemEmbeddingWithText(num_items, embedding_dim, text_embeddings)
-    )
-    return DSSM(item_embedding)
-
-
 @register_model("DSSM", task="retrieval")
-def build_dssm_model(inputs: ModelInputs) -> DSSM:
-    return build_dssm(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings)
+def build_dssm(inputs: ModelInputs) -> DSSM:
+    """DSSM (naive) or TE_ID_DSSM (id + projected ``text_embeddings [num_items + 1, T]``); ids only,
+    no categories."""
+    return DSSM(item_embedding_module(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings))

@@ -117,3 +117,12 @@ class ItemEmbeddingWithText(torch.nn.Module):
             return mixed
         gate = torch.sigmoid(mixed)
         return gate * ids + (1 - gate) * text
+
+
+def item_embedding_module(
+    num_items: int, embedding_dim: int, text_embeddings: Optional[torch.Tensor] = None
+) -> torch.nn.Module:
+    """Id embeddings, fused with the frozen text table when there is one (``text_fusion.*``)."""
+    if text_embeddings is None:
+        return ItemEmbedding(num_items, embedding_dim)
+    return ItemEmbeddingWithText(num_items, embedding_dim, text_embeddings)

@@ -13,7 +13,7 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
-from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
+from generative_recommenders.modeling.item_embeddings import item_embedding_module
 from generative_recommenders.modeling.registry import ModelInputs
 
 
@@ -144,13 +144,8 @@ def sequential_recommender(
 ) -> SequentialRecommender:
     """``encoder`` with the item embeddings ``inputs`` ask for (fused with text when there is a table)
     and learned positions initialized by ``position_init`` (see :class:`SequentialRecommender`)."""
-    item_embedding = (
-        ItemEmbedding(inputs.num_items, inputs.embedding_dim)
-        if inputs.text_embeddings is None
-        else ItemEmbeddingWithText(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings)
-    )
     return SequentialRecommender(
-        item_embedding=item_embedding,
+        item_embedding=item_embedding_module(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings),
         encoder=encoder,
         num_positions=inputs.num_positions,
         dropout_rate=inputs.dropout_rate,

@@ -48,7 +48,52 @@ class ConfigError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of one run (see ``train_fn`` for their meaning)."""
+    """Every setting of one run: ``train_fn``'s parameters, checked.
+
+    Writes to ``<output_root>/<dataset_name>/<run_name>-s<random_seed>/``.
+    ``max_sequence_length`` caps the history; a sequence holds
+    ``max_sequence_length + gr_output_length + 1`` positions. ``eval_interval``
+    is the reference's name for the interval, in steps, of the debug-level
+    loss lines (every step's loss goes to TensorBoard). A checkpoint is written
+    at the end of every epoch and every ``checkpoint_every_n_steps`` steps
+    (``None``: epoch ends only); the reference's ``save_ckpt_every_n`` (in
+    epochs) is accepted and covered by the per-epoch checkpoints.
+    A run folder holding another configuration's run, or an unfinished run
+    (without ``resume``), is refused; one holding this configuration's
+    finished run is left as it is and its results returned; a folder is
+    locked while a run trains in it (``run_folder.py``). ``deterministic=True``
+    switches torch to its deterministic kernels for the process (slower where
+    a kernel has no deterministic fast path): reruns and resumes are then
+    bit-exact, where otherwise gradients that accumulate with atomic adds may
+    differ in the last bits. ``patience``: under ``validated``, stop after
+    that many evaluations without a better ``selection_metric``.
+    ``length_bucketed_batches``: batches of sequences of similar length (less
+    padding, faster; batches are less random). ``autocast_bf16``: the training
+    step in bfloat16 autocast on CUDA. ``rank_cap=2500`` caps ranks as the
+    reference's top-2,500 retrieval (default: exact); the paper's numbers also
+    need ``eval_protocol="reference"``, under which a target repeating a
+    history item is a miss, as the paper counts it. ``attention_backend``
+    (``auto``, ``padded``, ``torch``, ``triton``) and ``jagged_backend``
+    (``auto``, ``torch``, ``fbgemm``) choose the ops' backends (default: the
+    environment variables ``GR_ATTENTION_BACKEND`` / ``GR_JAGGED_BACKEND``,
+    else ``auto``). In a multi-process run each rank trains on its share of
+    every batch-order, evaluates its share of the users, and rank 0 alone
+    writes logs, results and checkpoints.
+
+    The model's task (the registry's) decides the data views, loss and
+    evaluation (``tasks.py``): ``retrieval`` trains with ``loss_module``
+    (``SampledSoftmaxLoss``, or ``BinaryCrossEntropyLoss`` with
+    ``num_negatives`` uniform negatives, DSSM's only loss) and reports every
+    evaluation also per target-popularity group; ``ctr`` (DIN, DeepFM) trains
+    with binary cross-entropy on labelled samples (``loss_module =
+    "BinaryCrossEntropyLoss"``, validated protocol, ``selection_metric =
+    "auc"``). ``cold_item_share`` (validated retrieval only; default off)
+    removes that seeded share of the items from training and reports the test
+    users whose target is one of them under ``cold_items``.
+    ``lr_plateau_factor`` (default off) multiplies the learning rate by that
+    factor after ``lr_plateau_patience`` + 1 validations without a better
+    ``selection_metric`` (needs ``num_warmup_steps = 0``).
+    """
 
     dataset_name: str
     max_sequence_length: int

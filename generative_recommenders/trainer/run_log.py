@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import datetime
+import importlib.metadata
 import json
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, Iterable
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -81,3 +87,53 @@ class RunLog:
         self.writer.file_writer.add_summary(session_end)
         self.save()
         self.writer.close()
+
+
+def provenance(device: torch.device) -> Dict[str, Any]:
+    """Where a result comes from: the code's commit, when, which libraries, which device."""
+    repo = Path(__file__).resolve().parents[2]  # the checkout this code runs from
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+        changed = bool(commit) and bool(
+            subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        commit, changed = None, False
+    versions = {}
+    for package in ("torch", "fbgemm-gpu", "fbgemm-gpu-cpu", "triton", "transformers", "gin-config", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "code_commit": commit,
+        "uncommitted_changes": changed,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "versions": versions,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "host": platform.node(),
+    }
+
+
+def gin_config_mapping(config_text: str) -> Dict[str, Dict[str, Any]]:
+    """``{"train_fn": {"num_epochs": 101, ...}, "hstu_encoder": {...}}`` from a gin config text."""
+    mapping: Dict[str, Dict[str, Any]] = {}
+    statement = ""
+    for line in config_text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        statement = line if " = " in line and not line.startswith(" ") else statement + " " + line.strip()
+        name, _, value = statement.partition(" = ")
+        if "." not in name:
+            continue
+        selector, parameter = name.rsplit(".", 1)
+        try:
+            parsed: Any = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()  # a reference (@name) or a macro, kept as written
+        mapping.setdefault(selector, {})[parameter] = parsed
+    return mapping

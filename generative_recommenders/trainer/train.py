@@ -14,16 +14,12 @@ evaluation protocols are described in ``protocol.py``, checkpoint/resume in
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
-import datetime
-import importlib.metadata
+import inspect
 import math
 import os
-import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -66,7 +62,7 @@ from generative_recommenders.trainer.distributed import (
 )
 from generative_recommenders.trainer.protocol import ModelSelection
 from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, check_existing_run
-from generative_recommenders.trainer.run_log import RunLog
+from generative_recommenders.trainer.run_log import RunLog, gin_config_mapping, provenance
 from generative_recommenders.trainer.tasks import CTRTask, Evaluation, RetrievalTask, TaskViews, task_for
 
 logger = get_logger(__name__)
@@ -549,56 +545,6 @@ def train(
         return final_test(run, progress)
 
 
-def provenance(device: torch.device) -> Dict[str, Any]:
-    """Where a result comes from: the code's commit, when, which libraries, which device."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-        changed = bool(commit) and bool(
-            subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
-        commit, changed = None, False
-    versions = {}
-    for package in ("torch", "fbgemm-gpu", "fbgemm-gpu-cpu", "triton", "transformers", "gin-config", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "code_commit": commit,
-        "uncommitted_changes": changed,
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "versions": versions,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "host": platform.node(),
-    }
-
-
-def gin_config_mapping(config_text: str) -> Dict[str, Dict[str, Any]]:
-    """``{"train_fn": {"num_epochs": 101, ...}, "hstu_encoder": {...}}`` from a gin config text."""
-    mapping: Dict[str, Dict[str, Any]] = {}
-    statement = ""
-    for line in config_text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        statement = line if " = " in line and not line.startswith(" ") else statement + " " + line.strip()
-        name, _, value = statement.partition(" = ")
-        if "." not in name:
-            continue
-        selector, parameter = name.rsplit(".", 1)
-        try:
-            parsed: Any = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            parsed = value.strip()  # a reference (@name) or a macro, kept as written
-        mapping.setdefault(selector, {})[parameter] = parsed
-    return mapping
-
-
 @gin.configurable(denylist=["resume", "overwrite", "context"])
 def train_fn(
     dataset_name: str = "ml100k",
@@ -653,53 +599,13 @@ def train_fn(
 ) -> Dict[str, Any]:
     """Trains and evaluates one model; returns (and writes) the results record.
 
-    Writes to ``<output_root>/<dataset_name>/<run_name>-s<random_seed>/``.
-    ``max_sequence_length`` caps the history; a sequence holds
-    ``max_sequence_length + gr_output_length + 1`` positions. ``eval_interval``
-    is the reference's name for the interval, in steps, of the debug-level
-    loss lines (every step's loss goes to TensorBoard). A checkpoint is written
-    at the end of every epoch and every ``checkpoint_every_n_steps`` steps
-    (``None``: epoch ends only); the reference's ``save_ckpt_every_n`` (in
-    epochs) is accepted and covered by the per-epoch checkpoints.
-    ``resume=True`` (not a gin parameter: the config must equal the
-    checkpoint's, but for a larger ``num_epochs``) continues from the
-    checkpoint. A folder holding another configuration's run, or an unfinished
-    run (without ``resume``), is refused; one holding this configuration's
-    finished run is left as it is and its results returned; ``overwrite=True``
-    (not a gin parameter) replaces what the folder holds. A folder is locked
-    while a run trains in it. ``deterministic=True``
-    switches torch to its deterministic kernels for the process (slower where
-    a kernel has no deterministic fast path): reruns and resumes are then
-    bit-exact, where otherwise gradients that accumulate with atomic adds may
-    differ in the last bits. ``patience``: under ``validated``, stop after
-    that many evaluations without a better ``selection_metric``.
-    ``length_bucketed_batches``: batches of sequences of similar length (less
-    padding, faster; batches are less random). ``autocast_bf16``: the training
-    step in bfloat16 autocast on CUDA. ``rank_cap=2500`` caps ranks as the
-    reference's top-2,500 retrieval (default: exact); the paper's numbers also
-    need ``eval_protocol="reference"``, under which a target repeating a
-    history item is a miss, as the paper counts it. ``attention_backend``
-    (``auto``, ``padded``, ``torch``, ``triton``) and ``jagged_backend``
-    (``auto``, ``torch``, ``fbgemm``) choose the ops' backends (default: the
-    environment variables ``GR_ATTENTION_BACKEND`` / ``GR_JAGGED_BACKEND``,
-    else ``auto``). ``context`` places this process in a multi-process run
-    (default: one process, on the GPU when there is one): each rank trains on
-    its share of every batch-order, evaluates its share of the users, and rank
-    0 alone writes logs, results and checkpoints.
-
-    The model's task (the registry's) decides the data views, loss and
-    evaluation (``tasks.py``): ``retrieval`` trains with ``loss_module``
-    (``SampledSoftmaxLoss``, or ``BinaryCrossEntropyLoss`` with
-    ``num_negatives`` uniform negatives, DSSM's only loss) and reports every
-    evaluation also per target-popularity group; ``ctr`` (DIN, DeepFM) trains
-    with binary cross-entropy on labelled samples (``loss_module =
-    "BinaryCrossEntropyLoss"``, validated protocol, ``selection_metric =
-    "auc"``). ``cold_item_share`` (validated retrieval only; default off)
-    removes that seeded share of the items from training and reports the test
-    users whose target is one of them under ``cold_items``.
-    ``lr_plateau_factor`` (default off) multiplies the learning rate by that
-    factor after ``lr_plateau_patience`` + 1 validations without a better
-    ``selection_metric`` (needs ``num_warmup_steps = 0``).
+    The parameters are the reference's names plus this project's; what each
+    means is in :class:`~generative_recommenders.trainer.config.TrainConfig`.
+    Not gin parameters: ``resume`` continues from the checkpoint (the config
+    must equal the checkpoint's, but for a larger ``num_epochs``);
+    ``overwrite`` replaces what the run folder holds; ``context`` places this
+    process in a multi-process run (default: one process, on the GPU when there
+    is one).
     """
     del save_ckpt_every_n
     arguments = dict(locals())
@@ -709,8 +615,6 @@ def train_fn(
 
 def config_from_gin() -> TrainConfig:
     """The checked config ``train_fn`` would run with under the gin config parsed now."""
-    import inspect
-
     parameters = inspect.signature(train_fn).parameters
     arguments = {name: bound_parameter(f"train_fn.{name}", p.default) for name, p in parameters.items()}
     return TrainConfig.from_arguments(arguments)
