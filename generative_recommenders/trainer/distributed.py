@@ -173,13 +173,20 @@ def _run_in_group(worker: Callable[..., None], args: Tuple[Any, ...], backend: O
             dist.destroy_process_group()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (``taskset``, cgroup cpusets), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):  # Linux; macOS and Windows have no affinity call
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _launched_process(worker: Callable[..., None], args: Tuple[Any, ...], backend: str) -> Optional[str]:
     """One process of :func:`launch`: a user error comes back as its message (every rank
     meets the same one: they read the same config and data), anything else fails the run."""
     if backend == "gloo":
         # N CPU processes that each used every core would fight over them
         # (torchrun sets OMP_NUM_THREADS=1 for the same reason).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"])))
+        torch.set_num_threads(max(1, available_cores() // int(os.environ["WORLD_SIZE"])))
     try:
         _run_in_group(worker, args, backend)
     except UserError as error:

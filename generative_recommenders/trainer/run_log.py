@@ -61,14 +61,14 @@ class RunLog:
         self.results["epochs"].append({"epoch": epoch, "train_loss": train_loss})
 
     def evaluation(self, epoch: int, split: str, full: bool, evaluation: Any) -> None:
-        """Logs a ``tasks.Evaluation``: its metrics, count (``users``) and per-group metrics."""
-        metrics, users = evaluation.metrics, evaluation.count
+        """Logs a ``tasks.Evaluation``: its metrics, count (``users`` or ``samples``) and per-group metrics."""
+        metrics, count, unit = evaluation.metrics, evaluation.count, evaluation.unit
         kind = "" if full else " (partial)"
-        self.message(f"eval @ epoch {epoch} [{split}{kind}, {users} users]: {format_metrics(metrics)}")
+        self.message(f"eval @ epoch {epoch} [{split}{kind}, {count} {unit}]: {format_metrics(metrics)}")
         prefix = split if full else f"{split}_partial"
         for name, value in metrics.items():
             self.scalar(f"{prefix}/{name}", value, epoch)
-        entry = {"epoch": epoch, "split": split, "full": full, "users": users, "metrics": metrics}
+        entry = {"epoch": epoch, "split": split, "full": full, unit: count, "metrics": metrics}
         if evaluation.groups:
             entry["groups"] = evaluation.groups
         self.results["evaluations"].append(entry)

@@ -66,11 +66,12 @@ class TaskViews:
 
 @dataclasses.dataclass
 class Evaluation:
-    """One evaluation's metrics, the number of users (retrieval) or samples (ctr), and its groups."""
+    """One evaluation's metrics, how many ``unit`` it covered, and its groups."""
 
     metrics: Dict[str, float]
     count: int
     groups: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    unit: str = "users"  # what ``count`` counts: users (retrieval) or samples (ctr)
 
 
 class RetrievalTask:
@@ -200,7 +201,7 @@ class CTRTask:
         merged = ClassificationAccumulator()
         for state in gather_objects(accumulator.state(), context):
             merged.merge(ClassificationAccumulator.from_state(state))
-        return Evaluation(merged.metrics(), merged.count)
+        return Evaluation(merged.metrics(), merged.count, unit="samples")
 
 
 def task_for(config: TrainConfig) -> RetrievalTask | CTRTask:

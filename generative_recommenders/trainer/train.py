@@ -52,6 +52,7 @@ from generative_recommenders.trainer.config import ConfigError, TrainConfig, bou
 from generative_recommenders.trainer.distributed import (
     DistributedContext,
     ShardSampler,
+    available_cores,
     barrier,
     broadcast_object,
     gather_objects,
@@ -93,7 +94,7 @@ def create_data_loader(
     collated by ``collate_fn`` (the task's)."""
     # Examples are slices of in-memory arrays: more workers than spare cores only compete
     # with the training threads (the reference configs ask for 8).
-    workers = min(num_workers, max(0, (os.cpu_count() or 1) - 2))
+    workers = min(num_workers, max(0, available_cores() - 2))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size if batch_sampler is None else 1,
