@@ -62,7 +62,7 @@ from generative_recommenders.text.item_text import item_texts, read_item_metadat
 
 # The item text encoder: "blair" (the paper), "blair-large", "gre-small", "gre-base",
 # "gre-large" (GRE), "openai" (text-embedding-3-large, 768-d), "minilm" (bundled, works offline),
-# "hf:<name-or-path>", or "none". The --text_embedding_model flag overrides it.
+# "minilm-static" (its word-piece embeddings alone, offline), "hf:<name-or-path>", or "none". The --text_embedding_model flag overrides it.
 text_embedding_model = "minilm"
 
 # A folder is prepared when its manifest records each of these as it is on disk.

@@ -66,6 +66,42 @@ def test_minilm_keeps_input_order(minilm):
     assert minilm.encode([]).shape == (0, 384)
 
 
+@pytest.fixture(scope="module")
+def minilm_static():
+    return get_text_encoder("minilm-static", device="cpu")
+
+
+def test_minilm_static_is_the_normalized_mean_of_the_word_piece_rows(minilm_static):
+    text = "Texas Instruments TI-84 Plus"
+    word_pieces = minilm_static.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(word_pieces) > 4  # "ti-84" splits into several pieces
+    rows = minilm_static.table.weight[torch.tensor(word_pieces)]
+    expected = torch.nn.functional.normalize(rows.mean(0), dim=0)
+    (embedding,) = minilm_static.encode([text])
+    torch.testing.assert_close(embedding, expected)
+    assert minilm_static.dim == 384 and minilm_static.cache_key == "minilm-static|mean-wordpiece|max256|norm1"
+
+
+def test_minilm_static_ignores_word_order_where_minilm_does_not(minilm, minilm_static):
+    texts = ["electric guitar case", "case guitar electric"]
+    static = minilm_static.encode(texts)
+    torch.testing.assert_close(static[0], static[1])
+    contextual = minilm.encode(texts)
+    assert not torch.allclose(contextual[0], contextual[1], atol=1e-3)
+
+
+def test_minilm_static_ranks_similar_titles_closer_and_embeds_empty_text_as_zeros(minilm_static):
+    hp, ti, guitar, empty = minilm_static.encode(
+        ["HP 12C Financial Calculator", "Texas Instruments TI-84 Plus Graphing Calculator",
+         "Fender Stratocaster Electric Guitar", ""]
+    )
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(hp, ti, dim=0) > cos(hp, guitar, dim=0)
+    torch.testing.assert_close(empty, torch.zeros(384))
+    with pytest.raises(ValueError, match="always L2-normalizes"):
+        get_text_encoder("minilm-static", normalize=False)
+
+
 # --- transformers code path on a tiny local RoBERTa --------------------------------------------
 
 WORDS = "the a red blue calculator guitar graphing financial electric plus case".split()
@@ -353,7 +389,7 @@ def test_an_html_error_page_names_the_endpoint_and_status(server, sleeps):
 def test_unknown_encoder_names_are_refused_without_loading_anything():
     for name in ("minilm", "openai", "blair", "blair-large", "gre-small", "gre-large", "hf:/models/gre"):
         check_text_encoder_name(name)
-    choices = "minilm, blair, blair-large, gre-small, gre-base, gre-large, openai, hf:<name-or-path>"
+    choices = "minilm, minilm-static, blair, blair-large, gre-small, gre-base, gre-large, openai, hf:<name-or-path>"
     for name in ("minilml", "hf:", "BLaIR"):
         with pytest.raises(TextEncodingError, match=f"Unknown text encoder '{name}'; choose {choices}"):
             check_text_encoder_name(name)

