@@ -47,7 +47,8 @@ MODEL_TITLES = {"sasrec": "SASRec", "dssm": "DSSM", "hstu": "HSTU", "din": "DIN"
 # (metric key in the records, column title, higher is better)
 RETRIEVAL_METRICS = (("ndcg@10", "NDCG@10", True), ("hr@10", "Recall@10", True))
 RANKING_METRICS = (("auc", "AUC", True), ("logloss", "Logloss", False))
-GROUP_METRIC = "ndcg@10"
+# Per-group tables: the headline metric, and a deep cutoff where tail and cold targets first show.
+GROUP_METRICS = (("ndcg@10", "NDCG@10"), ("hr@200", "HR@200"))
 NAIVE = "none"
 TIME_COLUMN = "seconds_per_epoch"
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +60,13 @@ def _metrics_of(model: str) -> Tuple[Tuple[str, str, bool], ...]:
 
 
 def _values(record: Dict[str, Any], model: str) -> Dict[str, float]:
-    """The record's metrics as flat columns: test metrics, then ``<group>/ndcg@10``."""
+    """The record's metrics as flat columns: test metrics, then ``<group>/<metric>`` of :data:`GROUP_METRICS`."""
     out = {key: float(record["test"][key]) for key, _, _ in _metrics_of(model)}
     groups = {**record.get("popularity_groups", {}), **record.get("cold_items", {})}
-    for group in (*POPULARITY_GROUPS, COLD_ITEMS):
-        if GROUP_METRIC in groups.get(group, {}):
-            out[f"{group}/{GROUP_METRIC}"] = float(groups[group][GROUP_METRIC])
+    for metric, _ in GROUP_METRICS:
+        for group in (*POPULARITY_GROUPS, COLD_ITEMS):
+            if metric in groups.get(group, {}):
+                out[f"{group}/{metric}"] = float(groups[group][metric])
     if TIME_COLUMN in record:
         out[TIME_COLUMN] = float(record[TIME_COLUMN])
     return out
@@ -146,7 +148,7 @@ def _table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str
 
 
 def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
-    """``greb.md``: per dataset, the main table and the per-group table (NDCG@10)."""
+    """``greb.md``: per dataset, the main table and a per-group table for each of :data:`GROUP_METRICS`."""
     lines = [
         "# GRE-B",
         "",
@@ -165,21 +167,23 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
         lines += ["", f"## {dataset}", ""] + _table(subset, columns)
         if any(r.get("has_categories") is False for r in subset):
             lines += ["", "This dataset has no item categories: DIN and DeepFM run without that field."]
-        group_columns = [
-            (model, f"{group}/{GROUP_METRIC}", f"{MODEL_TITLES[model]} {group}", True)
-            for model in models
-            if model in RETRIEVAL_MODELS
-            for group in (*POPULARITY_GROUPS, COLD_ITEMS)
-            if any(f"{group}/{GROUP_METRIC}" in r for r in subset if r["model"] == model)
-        ]
-        if group_columns:
-            lines += [
-                "",
-                f"NDCG@10 by test target: popularity group (head / torso / tail by training frequency) "
-                f"and items held out of training ({COLD_ITEMS}). Id-only models cannot rank cold items "
-                "above chance.",
-                "",
-            ] + _table(subset, group_columns)
+        for metric, title in GROUP_METRICS:
+            group_columns = [
+                (model, f"{group}/{metric}", f"{MODEL_TITLES[model]} {group}", True)
+                for model in models
+                if model in RETRIEVAL_MODELS
+                for group in (*POPULARITY_GROUPS, COLD_ITEMS)
+                if any(f"{group}/{metric}" in r for r in subset if r["model"] == model)
+            ]
+            if group_columns:
+                lines += [
+                    "",
+                    f"{title} by test target: popularity group (head / torso / tail by training frequency) "
+                    f"and items held out of training ({COLD_ITEMS}). Id-only models cannot rank cold items "
+                    "above chance.",
+                    "",
+                ] + _table(subset, group_columns)
+        if any(r.get("group_boundaries") for r in subset):
             lines += _group_boundaries(subset)
         times = [
             f"{MODEL_TITLES[r['model']]} ({r['encoder']}) {r[TIME_COLUMN]:.1f} s"

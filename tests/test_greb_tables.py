@@ -14,7 +14,7 @@ def retrieval(encoder, model, seed, ndcg, hr, tail=None, cold=None):
         record["popularity_groups"] = {"head": {"ndcg@10": 0.5}, "torso": {"ndcg@10": 0.3},
                                        "tail": {"ndcg@10": tail}, "groups": {"rule": "..."}}
     if cold is not None:
-        record["cold_items"] = {"cold_items": {"ndcg@10": cold}, "groups": {"num_items": 3}}
+        record["cold_items"] = {"cold_items": {"ndcg@10": cold, "hr@200": 2 * cold}, "groups": {"num_items": 3}}
     return record
 
 
@@ -53,7 +53,11 @@ def test_markdown_marks_the_best_and_the_change_over_none():
     assert "**0.1200 ± 0.0141 (+9.1%)**" in minilm and "**0.2700 ± 0.0141 (+28.6%)**" in minilm
     assert "**0.7700 (+10.0%)**" in minilm and "**0.5500 (-8.3%)**" in minilm
     assert "no item categories" in text
-    assert "| Encoder | DSSM head | DSSM torso | DSSM tail | DSSM cold_items |" in text
+    ndcg_table, hr_table = text.split("NDCG@10 by test target")[1].split("HR@200 by test target")
+    assert "| Encoder | DSSM head | DSSM torso | DSSM tail | DSSM cold_items |" in ndcg_table
+    # Only the cold items have HR@200 in these records: 0.0 (none) and 2 x 0.04 = 0.08 (minilm).
+    assert "| Encoder | DSSM cold_items |" in hr_table
+    assert "| none | 0.0000 ± 0.0000 |" in hr_table and "| minilm | **0.0800 ± 0.0283** |" in hr_table
 
 
 def test_writes_csv_and_markdown(tmp_path):
