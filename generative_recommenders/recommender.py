@@ -25,6 +25,11 @@ gives them a NaN score; a model with text (``add``, ``gate``, ``concat``,
 ``text_only``) scores them from their text embedding and includes them,
 marking them ``cold``. ``include_cold=True`` includes them for any model, as
 the evaluation ranks them.
+
+Ranking (CTR) runs (DIN, DeepFM): the model scores each (history, item) pair,
+so ``recommend`` scores every item after the newest ``max_sequence_length``
+items of the history and ``score`` gives click probabilities; they have no
+user or item embeddings, and ranking is exact (no faiss index).
 """
 
 from __future__ import annotations
@@ -40,12 +45,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from generative_recommenders.data.ctr import ItemCategories, read_item_categories
 from generative_recommenders.data.dataset import collate_sequences
 from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
-from generative_recommenders.modeling.registry import build_model
-from generative_recommenders.modeling.sequential import SequentialRecommender
+from generative_recommenders.modeling.registry import build_model, model_task
 from generative_recommenders.retrieval import INDEX_KINDS, ItemIndex, exact_top_k, load_or_build_index
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings, read_item_texts
 from generative_recommenders.trainer.config import TrainConfig
@@ -56,6 +61,8 @@ WEIGHTS = {"best": "best_model.pt", "last": "last_model.pt"}
 # Scores held at once by exact ranking: users per chunk x catalogue size.
 MAX_SCORES_PER_CHUNK = 1 << 24
 QUERY_BATCH = 256
+# (history, item) pairs a ranking model scores at once.
+PAIR_BATCH = 4096
 
 Ids = Union[str, int, Sequence[Union[str, int]]]
 
@@ -109,15 +116,15 @@ def _bound_gin_config(results: Dict[str, Any]) -> Iterator[None]:
 
 def _build_model_for_run(
     results: Dict[str, Any], config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor],
-    device: torch.device,
-) -> SequentialRecommender:
+    device: torch.device, num_categories: int = 0,
+) -> torch.nn.Module:
     """The run's untrained model, built by the model registry as the trainer built it. The ops
     backends are the automatic ones: every backend computes the same values, the device decides."""
     from generative_recommenders.trainer.train import model_inputs
 
     config = dataclasses.replace(config, attention_backend="auto", jagged_backend="auto")
     with _bound_gin_config(results):
-        model = build_model(config.main_module, model_inputs(config, num_items, text_embeddings))
+        model = build_model(config.main_module, model_inputs(config, num_items, text_embeddings, num_categories))
     return model.to(device)
 
 
@@ -129,7 +136,7 @@ def _as_list(ids: Ids) -> List[str]:
 class Recommender:
     """A trained model with its dataset's maps and item titles; build it with :meth:`from_run`."""
 
-    model: SequentialRecommender
+    model: torch.nn.Module  # a SequentialRecommender, or a CTR model when task is "ctr"
     data: SequenceDataset
     data_dir: Path
     run_dir: Path
@@ -141,6 +148,8 @@ class Recommender:
     include_cold: bool  # recommend and score cold items
     device: torch.device
     index_kind: str = "exact"
+    task: str = "retrieval"  # or "ctr": the model scores (history, item) pairs
+    categories: Optional[ItemCategories] = None  # a CTR model's item categories, when it uses them
     _candidate_cache: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
     _index_cache: Optional[ItemIndex] = field(default=None, init=False, repr=False)
 
@@ -206,8 +215,12 @@ class Recommender:
         text_model = results.get("text_embedding_model")
         text_embeddings = load_dataset_text_embeddings(data_dir, text_model, data.num_items) if text_model else None
 
+        task = model_task(config.main_module)
+        categories = _ctr_categories(results, data_dir, data.num_items, index) if task == "ctr" else None
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = _build_model_for_run(results, config, data.num_items, text_embeddings, device)
+        model = _build_model_for_run(
+            results, config, data.num_items, text_embeddings, device, 0 if categories is None else categories.num_categories
+        )
         max_sequence_length = config.max_sequence_length
         try:
             model.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
@@ -228,6 +241,8 @@ class Recommender:
             include_cold=text_embeddings is not None if include_cold is None else include_cold,
             device=device,
             index_kind=index,
+            task=task,
+            categories=categories,
         )
 
     # ------------------------------------------------------------------ ids
@@ -321,6 +336,37 @@ class Recommender:
             self._candidate_cache = candidate_embeddings(self.model)
         return self._candidate_cache
 
+    @torch.no_grad()
+    def _pair_scores(self, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """A CTR model's click probabilities of ``items`` after ``history`` (0-based, oldest first),
+        from the newest ``max_sequence_length`` history items as in training."""
+        behaviours = torch.from_numpy(history[-self.max_sequence_length:] + 1)
+        scores = []
+        for begin in range(0, len(items), PAIR_BATCH):
+            targets = torch.from_numpy(items[begin:begin + PAIR_BATCH] + 1)
+            batch = {
+                "history_ids": behaviours.expand(len(targets), -1),
+                "history_lengths": torch.full((len(targets),), len(behaviours), dtype=torch.int64),
+                "target_ids": targets,
+            }
+            if self.categories is not None:
+                table = torch.from_numpy(self.categories.ids)
+                batch["history_categories"] = table[batch["history_ids"]]
+                batch["target_categories"] = table[targets]
+            logits = self.model({key: value.to(self.device) for key, value in batch.items()})
+            scores.append(torch.sigmoid(logits).cpu().numpy())
+        return np.concatenate(scores)
+
+    def _pair_top_k(self, history: np.ndarray, excluded: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``(0-based items, click probabilities)`` best first, as :meth:`_top_k` for a CTR model."""
+        scores = self._pair_scores(history, np.arange(self.num_items)).astype(np.float64)
+        scores[excluded] = -np.inf
+        if not self.include_cold:
+            scores[self.cold] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        top = top[np.isfinite(scores[top])]
+        return top, scores[top].astype(np.float32)
+
     def _index(self) -> ItemIndex:
         if self._index_cache is None:
             path = self.run_dir / f"item_index_{self.weights}_{self.index_kind}.faiss"
@@ -367,6 +413,8 @@ class Recommender:
     def _recommend(
         self, histories: List[Tuple[np.ndarray, np.ndarray, int]], excluded: List[np.ndarray], k: int
     ) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if self.task == "ctr":
+            return [self._pair_top_k(items, skip, k) for (items, _, _), skip in zip(histories, excluded)]
         chunk = max(1, min(QUERY_BATCH, MAX_SCORES_PER_CHUNK // (self.num_items + 1)))
         ranked = []
         for begin in range(0, len(histories), chunk):
@@ -432,28 +480,59 @@ class Recommender:
         return times
 
     def score(self, user_ids: Ids, item_ids: Ids) -> Scores:
-        """The ranking score of each user (from their whole sequence) for each item.
+        """The ranking score of each user (from their whole sequence) for each item: the dot product
+        the retrieval ranks by, or a CTR model's click probability.
 
         A cold item's score is NaN unless cold items are included (a model with text).
         """
         users = self._user_indices(user_ids)
         items = self._item_indices(item_ids, "items to score")
-        queries = self._queries([self._user_history(user) for user in users])
-        scores = (queries @ self._candidates()[torch.from_numpy(items + 1).to(self.device)].T).cpu().numpy()
+        histories = [self._user_history(user) for user in users]
+        if self.task == "ctr":
+            scores = np.stack([self._pair_scores(history, items) for history, _, _ in histories])
+        else:
+            queries = self._queries(histories)
+            scores = (queries @ self._candidates()[torch.from_numpy(items + 1).to(self.device)].T).cpu().numpy()
         cold = self.cold[items]
         if not self.include_cold:
             scores[:, cold] = np.nan
         return Scores(np.array(_as_list(user_ids)), np.array(_as_list(item_ids)), scores, cold)
 
+    def _check_embeddings(self) -> None:
+        if self.task == "ctr":
+            raise RecommenderError(
+                f"{self.run_dir} is a ranking (CTR) model ({type(self.model).__name__}): it scores (history, item) "
+                "pairs and has no user or item embeddings; use recommend or score"
+            )
+
     def item_embeddings(self) -> Embeddings:
         """Every item's ranking embedding (L2-normalised as ranked) ``[num_items, D]``, by original id."""
+        self._check_embeddings()
         return Embeddings(np.array(self.data.maps["id2item"]), self._candidates()[1:].cpu().numpy())
 
     def user_embeddings(self, user_ids: Optional[Ids] = None) -> Embeddings:
         """Users' query embeddings ``[U, D]`` from their whole sequence (default: every user)."""
+        self._check_embeddings()
         ids = self.user_ids if user_ids is None else _as_list(user_ids)
         queries = self._queries([self._user_history(user) for user in self._user_indices(ids)])
         return Embeddings(np.array(ids), queries.cpu().numpy())
+
+
+def _ctr_categories(results: Dict[str, Any], data_dir: Path, num_items: int, index: str) -> Optional[ItemCategories]:
+    """The item categories a CTR run trained with (None when it used none), checked against the run."""
+    if index != "exact":
+        raise RecommenderError(
+            f"index={index!r}: a ranking (CTR) model scores every (history, item) pair, which no "
+            "faiss index serves; use the exact ranking (the default)"
+        )
+    categories = read_item_categories(data_dir, num_items)
+    found = 0 if categories is None else categories.num_categories
+    if found != results.get("num_categories", 0):
+        raise RecommenderError(
+            f"{data_dir}/item_metadata.jsonl gives {found} item categories, the run trained with "
+            f"{results.get('num_categories', 0)}; pass the run's prepared folder (data_dir=..., --data_dir)"
+        )
+    return categories if found else None
 
 
 def _cold_items(data: SequenceDataset, max_sequence_length: int, protocol: str) -> np.ndarray:
