@@ -51,6 +51,7 @@ RANKING_METRICS = (("auc", "AUC", True), ("logloss", "Logloss", False))
 GROUP_METRICS = (("ndcg@10", "NDCG@10"), ("hr@200", "HR@200"))
 NAIVE = "none"
 TIME_COLUMN = "seconds_per_epoch"
+EPOCHS_COLUMN = "epochs_trained"  # early stopping decides it: a run's length beside its time per epoch
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "greb"
 
@@ -67,8 +68,9 @@ def _values(record: Dict[str, Any], model: str) -> Dict[str, float]:
         for group in (*POPULARITY_GROUPS, COLD_ITEMS):
             if metric in groups.get(group, {}):
                 out[f"{group}/{metric}"] = float(groups[group][metric])
-    if TIME_COLUMN in record:
-        out[TIME_COLUMN] = float(record[TIME_COLUMN])
+    for column in (TIME_COLUMN, EPOCHS_COLUMN):
+        if column in record:
+            out[column] = float(record[column])
     return out
 
 
@@ -187,10 +189,12 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
             lines += _group_boundaries(subset)
         times = [
             f"{MODEL_TITLES[r['model']]} ({r['encoder']}) {r[TIME_COLUMN]:.1f} s"
+            + (f" × {r[EPOCHS_COLUMN]:.0f}" if EPOCHS_COLUMN in r else "")
             for r in subset if TIME_COLUMN in r
         ]
         if times:
-            lines += ["", "Training time per epoch: " + ", ".join(times) + "."]
+            lines += ["", "Training time per epoch × epochs trained (mean over seeds; early stopping ends a run): "
+                      + ", ".join(times) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +399,7 @@ def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str,
         "dataset": dataset, "encoder": encoder, "model": model, "seed": seed,
         "test": results["best"]["test"],
         TIME_COLUMN: results["train_seconds"] / max(1, results["epochs_trained"]),
+        EPOCHS_COLUMN: results["epochs_trained"],
     }
     for key in ("popularity_groups", COLD_ITEMS, "has_categories"):
         if key in results:

@@ -42,9 +42,11 @@ def test_the_runner_trains_every_model_and_writes_the_table(tmp_path, local_dir)
         ("walks", "none", "dssm", "1"), ("walks", "none", "din", "1")]
     assert rows[1]["has_categories"] == "True" and float(rows[1]["auc"]) > 0
     assert float(rows[0]["seconds_per_epoch"]) > 0 and rows[0]["head/ndcg@10"] and rows[0]["cold_items/ndcg@10"]
+    assert (rows[0]["epochs_trained"], rows[1]["epochs_trained"]) == ("2.0", "1.0") and rows[0]["tail/hr@200"]
     assert "cold_items/ndcg@10" not in rows[1] or not rows[1]["cold_items/ndcg@10"]  # DIN: no cold split
     text = (tmp_path / "greb" / "greb.md").read_text()
     assert "| Encoder | DSSM NDCG@10 | DSSM Recall@10 | DIN AUC | DIN Logloss |" in text and "Groups (" in text
+    assert "HR@200 by test target" in text and "DSSM (none) " in text and " s × 2, DIN (none) " in text
     assert (tmp_path / "greb" / "greb.png").stat().st_size > 0
     finished = sorted(p.name for p in (tmp_path / "greb" / "runs" / "walks").iterdir())
     assert finished == ["din-none-s1", "dssm-none-s1"]
