@@ -138,7 +138,8 @@ def _table(rows: Sequence[Dict[str, Any]], columns: Sequence[Tuple[str, str, str
     best = {}
     for model, key, _, higher in columns:
         scores = [by_key[(e, model)][key] for e in encoders if key in by_key.get((e, model), {})]
-        best[(model, key)] = (max if higher else min)(scores) if scores else None
+        # No encoder is best where every encoder scores the same (e.g. 0 on cold items).
+        best[(model, key)] = (max if higher else min)(scores) if len(set(scores)) > 1 else None
     for encoder in encoders:
         cells = []
         for model, key, _, _ in columns:

@@ -58,6 +58,8 @@ def test_markdown_marks_the_best_and_the_change_over_none():
     # Only the cold items have HR@200 in these records: 0.0 (none) and 2 x 0.04 = 0.08 (minilm).
     assert "| Encoder | DSSM cold_items |" in hr_table
     assert "| none | 0.0000 ± 0.0000 |" in hr_table and "| minilm | **0.0800 ± 0.0283** |" in hr_table
+    # Both encoders at 0.5 on head: a tie marks no best.
+    assert "| none | 0.5000 ± 0.0000 |" in ndcg_table and "| minilm | 0.5000 ± 0.0000 (+0.0%) |" in ndcg_table
 
 
 def test_writes_csv_and_markdown(tmp_path):
