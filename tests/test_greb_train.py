@@ -109,6 +109,34 @@ def test_retrieval_with_bce_reports_popularity_groups_and_cold_items(cyclic):
 
 
 @pytest.mark.parametrize(
+    "module, loss", [("DSSM", "BinaryCrossEntropyLoss"), ("SASRec", "BinaryCrossEntropyLoss"), ("HSTU", "SampledSoftmaxLoss")]
+)
+def test_cold_items_are_never_sampled_as_negatives(cyclic, monkeypatch, module, loss):
+    """Held out of training means out of the negatives too: an item only ever drawn as a negative is
+    learned as one nobody wants, and even a text model would rank it last."""
+    from generative_recommenders.modeling import dssm, losses
+
+    real, drawn = losses.sample_negatives, []
+
+    def recorded(*args, **kwargs):
+        negatives = real(*args, **kwargs)
+        drawn.append(negatives.flatten())
+        return negatives
+
+    monkeypatch.setattr(losses, "sample_negatives", recorded)
+    monkeypatch.setattr(dssm, "sample_negatives", recorded)
+    config = greb_config(
+        cyclic, module, f'train_fn.loss_module = "{loss}"\ntrain_fn.num_negatives = 4\n'
+        "train_fn.cold_item_share = 0.1\ntrain_fn.num_epochs = 1"
+    )
+    train_config_file(str(config), [])
+    cold = split_cold_items(load_sequence_dataset(cyclic / "data" / "cyclic"), 0.1, seed=42).cold_item_ids
+    sampled = torch.cat(drawn).unique().numpy()
+    assert len(cold) == 4 and not np.isin(sampled, cold).any()
+    assert len(sampled) == 40 - 4  # every other item was drawn
+
+
+@pytest.mark.parametrize(
     "module, bindings, message",
     [
         ("DIN", ['train_fn.loss_module = "BinaryCrossEntropyLoss"', 'train_fn.selection_metric = "auc"',

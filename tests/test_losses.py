@@ -45,6 +45,15 @@ def test_uniform_negatives_cover_the_catalogue_and_never_padding():
     assert set(negs.unique().tolist()) == set(range(1, 8))
 
 
+def test_uniform_negatives_from_candidates_cover_them_and_nothing_else():
+    candidates = torch.tensor([2, 3, 5, 7])
+    negs = sample_negatives("local", torch.ones(1000, dtype=torch.long), 50, num_items=7, candidate_ids=candidates)
+    assert negs.shape == (1000, 50) and set(negs.unique().tolist()) == {2, 3, 5, 7}
+    # Uniform over the candidates: each about a quarter of the 50,000 draws.
+    counts = torch.bincount(negs.flatten(), minlength=8)[candidates].double()
+    assert ((counts / negs.numel() - 0.25).abs() < 0.01).all()
+
+
 def test_in_batch_negatives_come_from_the_batch():
     positives = torch.tensor([4, 9, 9, 12])
     negs = sample_negatives("in-batch", positives, 200, num_items=100)

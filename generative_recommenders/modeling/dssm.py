@@ -12,7 +12,7 @@ The model has the retrieval evaluation's interface (``query_embeddings``,
 
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import gin
 import torch
@@ -82,8 +82,10 @@ def dssm_training_loss(
     batch: Dict[str, torch.Tensor],
     device: torch.device,
     num_negatives: int = 1,
+    negative_item_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Binary cross-entropy with uniform negatives at every position of the sequence.
+    """Binary cross-entropy with uniform negatives (from ``negative_item_ids`` when given) at
+    every position of the sequence.
 
     Over a batch of ``collate_sequences`` (history with the target appended), position
     ``p >= 1`` is a sample: its query is the user tower on the mean of the items before
@@ -102,7 +104,7 @@ def dssm_training_loss(
     predicts_next = positions[:-1].unsqueeze(0) < lengths.unsqueeze(1)
     queries = model.user_vectors(prefix_means[predicts_next])
     positive_ids = ids[:, 1:][predicts_next]
-    negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items)
+    negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items, candidate_ids=negative_item_ids)
     positive_logits = (queries * model.item_vectors(positive_ids)).sum(-1)
     negative_logits = torch.einsum("pd,prd->pr", queries, model.item_vectors(negative_ids))
     return binary_cross_entropy_with_negatives(positive_logits, negative_logits, positive_ids, negative_ids)

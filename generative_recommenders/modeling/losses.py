@@ -3,7 +3,7 @@ and the training loss of a sequential recommender built on it."""
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +19,20 @@ def sample_negatives(
     num_negatives: int,
     num_items: int,
     generator: torch.Generator | None = None,
+    candidate_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Negative ids ``[P, R]`` for positives ``[P]`` (ids are 1-based).
 
-    ``local``: uniform over the catalogue ``1..num_items``.
+    ``local``: uniform over the catalogue ``1..num_items``, or over ``candidate_ids``
+    (1-based ids, e.g. the catalogue without the items held out of training: an item
+    only ever drawn as a negative would be learned as one nobody wants).
     ``in-batch``: uniform over the distinct positives of the batch.
     """
     shape = (positive_ids.numel(), num_negatives)
     if strategy == "local":
+        if candidate_ids is not None:
+            candidates = candidate_ids.to(positive_ids.device)
+            return candidates[torch.randint(0, candidates.numel(), shape, device=candidates.device, generator=generator)]
         return torch.randint(
             1, num_items + 1, shape, device=positive_ids.device, generator=generator
         )
@@ -128,8 +134,10 @@ def training_loss(
     num_negatives: int,
     temperature: float,
     negative_scoring: str = "auto",
+    negative_item_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Next-item sampled softmax at every history position (target appended).
+    """Next-item sampled softmax at every history position (target appended); ``local``
+    negatives from ``negative_item_ids`` when given (see :func:`sample_negatives`).
 
     ``negative_scoring`` says how the sampled negatives are embedded and scored,
     all giving the same loss:
@@ -158,7 +166,9 @@ def training_loss(
     queries = encoded[:, :-1][valid]
     positive_ids = ids[:, 1:][valid]
     positive_embeddings = embeddings[:, 1:][valid]
-    negative_ids = sample_negatives(sampling_strategy, positive_ids, num_negatives, model.num_items)
+    negative_ids = sample_negatives(
+        sampling_strategy, positive_ids, num_negatives, model.num_items, candidate_ids=negative_item_ids
+    )
     positive_embeddings = model.normalize_items(positive_embeddings)
     if item_table is None:
         negative_embeddings = model.normalize_items(model.item_embeddings(negative_ids))
@@ -200,12 +210,13 @@ def binary_cross_entropy_loss(
     num_negatives: int,
     temperature: float = 1.0,
     item_l2_norm: bool = False,
+    negative_item_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Next-item binary cross-entropy at every history position, uniform negatives (GRE-B's SASRec).
 
     Each position's logits are ``q . e / temperature`` for the next item (label 1)
-    and ``num_negatives`` items drawn uniformly from the catalogue (label 0); see
-    :func:`binary_cross_entropy_with_negatives`.
+    and ``num_negatives`` items drawn uniformly from the catalogue, or from
+    ``negative_item_ids`` (label 0); see :func:`binary_cross_entropy_with_negatives`.
     """
     lengths = batch["history_lengths"].to(device, non_blocking=True)
     target_ids = batch["target_ids"].to(device, non_blocking=True)
@@ -217,7 +228,7 @@ def binary_cross_entropy_loss(
     predicts_next = torch.arange(ids.size(1) - 1, device=device).unsqueeze(0) < lengths.unsqueeze(1)
     queries = encoded[:, :-1][predicts_next]
     positive_ids = ids[:, 1:][predicts_next]
-    negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items)
+    negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items, candidate_ids=negative_item_ids)
     positive_embeddings = embeddings[:, 1:][predicts_next]
     negative_embeddings = model.item_embeddings(negative_ids)
     if item_l2_norm:

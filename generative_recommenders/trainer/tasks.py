@@ -19,6 +19,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from generative_recommenders.data.cold_items import split_cold_items, training_item_counts
@@ -84,6 +85,7 @@ class RetrievalTask:
         self.config = config
         self.item_counts = None
         self.cold_item_ids = None
+        self.negative_item_ids: Optional[torch.Tensor] = None  # the catalogue without the cold items
 
     def views(self, data: SequenceDataset, data_dir: Path) -> TaskViews:
         config = self.config
@@ -94,6 +96,9 @@ class RetrievalTask:
         if config.cold_item_share is not None:
             split = split_cold_items(data, config.cold_item_share, config.random_seed, num_held_out)
             train_data, self.cold_item_ids = split.training_data, split.cold_item_ids
+            # Cold items are out of training entirely: never a positive, never a sampled negative.
+            catalogue = np.arange(1, data.num_items + 1)
+            self.negative_item_ids = torch.from_numpy(np.setdiff1d(catalogue, split.cold_item_ids))
             views.train = protocol_views(train_data, config.max_sequence_length, config.eval_protocol).train
             header["cold_item_split"] = split.summary()
         self.item_counts = training_item_counts(train_data, num_held_out)
@@ -101,21 +106,25 @@ class RetrievalTask:
         return TaskViews(views.train, views.eval, views.test, views.eval_split, collate_sequences, header)
 
     def loss(self, model_name: str) -> Callable[..., torch.Tensor]:
+        """The model's training loss; with a cold-item split, uniform negatives leave the cold items out."""
         config = self.config
+        negatives = {} if self.negative_item_ids is None else {"negative_item_ids": self.negative_item_ids}
         if config.loss_module == "SampledSoftmaxLoss":
             return functools.partial(
                 training_loss,
                 sampling_strategy=config.sampling_strategy,
                 num_negatives=config.num_negatives,
                 temperature=config.temperature,
+                **negatives,
             )
         if model_name == "DSSM":
-            return functools.partial(dssm_training_loss, num_negatives=config.num_negatives)
+            return functools.partial(dssm_training_loss, num_negatives=config.num_negatives, **negatives)
         return functools.partial(
             binary_cross_entropy_loss,
             num_negatives=config.num_negatives,
             temperature=config.temperature,
             item_l2_norm=config.item_l2_norm,
+            **negatives,
         )
 
     def _target_groups(self, num_items: int) -> List[TargetGroupAccumulator]:
