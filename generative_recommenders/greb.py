@@ -423,7 +423,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for model in args.models:
                 for seed in args.seeds:
                     bindings = run_bindings(args, dataset, encoder, model, seed)
-                    results = train_config_file(config_file(model, encoder), bindings)
+                    # resume: a run cut short goes on from its checkpoint; a finished one returns its results.
+                    results = train_config_file(config_file(model, encoder), bindings, resume=True)
                     records.append(greb_record(results, dataset, encoder, model, seed))
                     paths = write_greb_tables(records, args.output_dir)  # the table so far
     print("wrote " + ", ".join(str(p) for p in paths))

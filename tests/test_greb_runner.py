@@ -54,6 +54,10 @@ def test_the_runner_trains_every_model_and_writes_the_table(tmp_path, local_dir)
     epochs = {name: len(json.loads((tmp_path / "greb" / "runs" / "walks" / name / "results.json").read_text())["epochs"])
               for name in finished}
     assert epochs == {"din-none-s1": 1, "dssm-none-s1": 2}
+    # A run cut short (here: a finished one given a later epoch cap) goes on from its checkpoint.
+    assert main([*argv, "--epochs", "3"]) == 0
+    dssm = json.loads((tmp_path / "greb" / "runs" / "walks" / "dssm-none-s1" / "results.json").read_text())
+    assert [e["epoch"] for e in dssm["epochs"]] == [0, 1, 2] and dssm["finished"]
 
 
 @pytest.mark.parametrize(
