@@ -99,6 +99,8 @@ def summarize(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
             row[f"{key}_std"] = float(column.std(ddof=1)) if len(column) > 1 else 0.0
         if "has_categories" in runs[0]:
             row["has_categories"] = bool(runs[0]["has_categories"])
+        if "num_items" in runs[0]:
+            row["num_items"] = int(runs[0]["num_items"])
         boundaries = runs[0].get("popularity_groups", {}).get("groups")
         if boundaries:
             row["group_boundaries"] = boundaries
@@ -183,7 +185,7 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
                     "",
                     f"{title} by test target: popularity group (head / torso / tail by training frequency) "
                     f"and items held out of training ({COLD_ITEMS}). Id-only models cannot rank cold items "
-                    "above chance.",
+                    f"above chance{_chance(metric, subset)}.",
                     "",
                 ] + _table(subset, group_columns)
         if any(r.get("group_boundaries") for r in subset):
@@ -197,6 +199,15 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
             lines += ["", "Training time per epoch × epochs trained (mean over seeds; early stopping ends a run): "
                       + ", ".join(times) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _chance(metric: str, rows: Sequence[Dict[str, Any]]) -> str:
+    """`` (a random ranking's HR@K: about K / num_items = ...)`` for an HR metric, else nothing."""
+    num_items = next((r["num_items"] for r in rows if "num_items" in r), None)
+    if not metric.startswith("hr@") or num_items is None:
+        return ""
+    k = int(metric[len("hr@"):])
+    return f" (a random ranking's {metric.upper()}: about {k}/{num_items} = {k / num_items:.3f})"
 
 
 def _group_boundaries(rows: Sequence[Dict[str, Any]]) -> List[str]:
@@ -405,6 +416,7 @@ def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str,
     for key in ("popularity_groups", COLD_ITEMS, "has_categories"):
         if key in results:
             record[key] = results[key]
+    record["num_items"] = results["dataset"]["num_items"]
     return record
 
 

@@ -8,7 +8,7 @@ from generative_recommenders.greb import markdown_text, summarize, write_greb_ta
 
 
 def retrieval(encoder, model, seed, ndcg, hr, tail=None, cold=None):
-    record = {"dataset": "toy", "encoder": encoder, "model": model, "seed": seed,
+    record = {"dataset": "toy", "encoder": encoder, "model": model, "seed": seed, "num_items": 400,
               "test": {"ndcg@10": ndcg, "hr@10": hr, "mrr": 0.1}}
     if tail is not None:
         record["popularity_groups"] = {"head": {"ndcg@10": 0.5}, "torso": {"ndcg@10": 0.3},
@@ -56,7 +56,7 @@ def test_markdown_marks_the_best_and_the_change_over_none():
     ndcg_table, hr_table = text.split("NDCG@10 by test target")[1].split("HR@200 by test target")
     assert "| Encoder | DSSM head | DSSM torso | DSSM tail | DSSM cold_items |" in ndcg_table
     # Only the cold items have HR@200 in these records: 0.0 (none) and 2 x 0.04 = 0.08 (minilm).
-    assert "| Encoder | DSSM cold_items |" in hr_table
+    assert "| Encoder | DSSM cold_items |" in hr_table and "a random ranking's HR@200: about 200/400 = 0.500" in hr_table
     assert "| none | 0.0000 ± 0.0000 |" in hr_table and "| minilm | **0.0800 ± 0.0283** |" in hr_table
     # Both encoders at 0.5 on head: a tie marks no best.
     assert "| none | 0.5000 ± 0.0000 |" in ndcg_table and "| minilm | 0.5000 ± 0.0000 (+0.0%) |" in ndcg_table
