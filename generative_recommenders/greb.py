@@ -184,8 +184,10 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
                 lines += [
                     "",
                     f"{title} by test target: popularity group (head / torso / tail by training frequency) "
-                    f"and items held out of training ({COLD_ITEMS}). Id-only models cannot rank cold items "
-                    f"above chance{_chance(metric, subset)}.",
+                    f"and items held out of training ({COLD_ITEMS}). An id-only model knows nothing of a cold "
+                    "item (its id row never trained): its cold_items column is where untrained rows land among "
+                    "trained ones, not knowledge of the items; a text model can place them by their text"
+                    f"{_chance(metric, subset)}.",
                     "",
                 ] + _table(subset, group_columns)
         if any(r.get("group_boundaries") for r in subset):
