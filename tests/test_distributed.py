@@ -79,8 +79,9 @@ def _wrap(model: torch.nn.Module, context: DistributedContext) -> torch.nn.Modul
     return distributed.wrap_for_training(model, loss, context)
 
 
-def _negatives_of_positive(strategy, positive_ids, num_negatives, num_items, generator=None):
-    """Negatives fixed by the positive alone: the same for a row whichever rank holds it."""
+def _negatives_of_positive(strategy, positive_ids, num_negatives, num_items, generator=None, candidate_ids=None):
+    """Negatives fixed by the positive alone: the same for a row whichever rank holds it (no cold split here)."""
+    assert candidate_ids is None
     offsets = torch.arange(1, num_negatives + 1, device=positive_ids.device)
     return (positive_ids.unsqueeze(1) * 7 + offsets) % num_items + 1
 
