@@ -190,8 +190,7 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
                     f"{_chance(metric, subset)}.",
                     "",
                 ] + _table(subset, group_columns)
-        if any(r.get("group_boundaries") for r in subset):
-            lines += _group_boundaries(subset)
+        lines += _group_boundaries(subset)
         times = [
             f"{MODEL_TITLES[r['model']]} ({r['encoder']}) {r[TIME_COLUMN]:.1f} s"
             + (f" × {r[EPOCHS_COLUMN]:.0f}" if EPOCHS_COLUMN in r else "")

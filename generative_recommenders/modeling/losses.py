@@ -30,9 +30,8 @@ def sample_negatives(
     """
     shape = (positive_ids.numel(), num_negatives)
     if strategy == "local":
-        if candidate_ids is not None:
-            candidates = candidate_ids.to(positive_ids.device)
-            return candidates[torch.randint(0, candidates.numel(), shape, device=candidates.device, generator=generator)]
+        if candidate_ids is not None:  # on the positives' device
+            return candidate_ids[torch.randint(0, candidate_ids.numel(), shape, device=candidate_ids.device, generator=generator)]
         return torch.randint(
             1, num_items + 1, shape, device=positive_ids.device, generator=generator
         )

@@ -474,6 +474,8 @@ def _load_tiktoken_encoding(model: str) -> "tiktoken.Encoding":
         ) from err
 
 
+# Encoders built here by name, each with its pooling fixed (the rest: HUB_MODELS and hf:).
+FIXED_ENCODERS = ("minilm", "minilm-static", "openai")
 ENCODER_NAMES = ("minilm", "minilm-static", *HUB_MODELS, "openai", "hf:<name-or-path>")
 
 
@@ -482,7 +484,7 @@ def check_text_encoder_name(name: str) -> None:
 
     Cheap (loads nothing): commands check the name before any other work.
     """
-    if name in ("minilm", "minilm-static", "openai") or name in HUB_MODELS:
+    if name in FIXED_ENCODERS or name in HUB_MODELS:
         return
     if name.startswith("hf:") and name[len("hf:") :]:
         return
@@ -510,7 +512,7 @@ def get_text_encoder(
     cls for BLaIR, mean otherwise).
     """
     check_text_encoder_name(name)
-    if name in ("minilm", "minilm-static", "openai") and pooling is not None:
+    if name in FIXED_ENCODERS and pooling is not None:
         raise ValueError(f"pooling is fixed for the {name!r} encoder")
     if name == "minilm-static":
         if normalize is False:

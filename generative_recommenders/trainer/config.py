@@ -88,8 +88,9 @@ class TrainConfig:
     with binary cross-entropy on labelled samples (``loss_module =
     "BinaryCrossEntropyLoss"``, validated protocol, ``selection_metric =
     "auc"``). ``cold_item_share`` (validated retrieval only; default off)
-    removes that seeded share of the items from training and reports the test
-    users whose target is one of them under ``cold_items``.
+    removes that seeded share of the items from training (as targets, in
+    histories and from the sampled negatives) and reports the test users whose
+    target is one of them under ``cold_items``.
     ``lr_plateau_factor`` (default off) multiplies the learning rate by that
     factor after ``lr_plateau_patience`` + 1 validations without a better
     ``selection_metric`` (needs ``num_warmup_steps = 0``).

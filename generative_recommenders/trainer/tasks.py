@@ -105,10 +105,11 @@ class RetrievalTask:
         header["skipped_users"] = {"train": views.train.num_skipped_users, "eval": views.eval.num_skipped_users}
         return TaskViews(views.train, views.eval, views.test, views.eval_split, collate_sequences, header)
 
-    def loss(self, model_name: str) -> Callable[..., torch.Tensor]:
-        """The model's training loss; with a cold-item split, uniform negatives leave the cold items out."""
+    def loss(self, model_name: str, device: torch.device) -> Callable[..., torch.Tensor]:
+        """The model's training loss; with a cold-item split, uniform negatives leave the cold items out
+        (their ids moved to ``device`` once, not at every step)."""
         config = self.config
-        negatives = {} if self.negative_item_ids is None else {"negative_item_ids": self.negative_item_ids}
+        negatives = {} if self.negative_item_ids is None else {"negative_item_ids": self.negative_item_ids.to(device)}
         if config.loss_module == "SampledSoftmaxLoss":
             return functools.partial(
                 training_loss,
@@ -194,8 +195,8 @@ class CTRTask:
         }
         return TaskViews(train, valid, test, "valid", collate_ctr, header, train.num_categories)
 
-    def loss(self, model_name: str) -> Callable[..., torch.Tensor]:
-        del model_name  # every CTR model: binary cross-entropy on the labels
+    def loss(self, model_name: str, device: torch.device) -> Callable[..., torch.Tensor]:
+        del model_name, device  # every CTR model: binary cross-entropy on the labels
         return ctr_training_loss
 
     def evaluate(

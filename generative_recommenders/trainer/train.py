@@ -256,7 +256,7 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         # A partial evaluation covers about the same number of users in any number of processes.
         partial_eval_batches=math.ceil(config.partial_eval_num_iters / context.world_size),
         model=model,
-        train_module=wrap_for_training(model, task.loss(config.main_module), context),
+        train_module=wrap_for_training(model, task.loss(config.main_module, context.device), context),
         optimizer=optimizer,
         scheduler=scheduler,
         plateau=plateau,
