@@ -197,7 +197,8 @@ def test_command_line_takes_globs_and_writes_markdown_csv_and_figures(office, ca
 @pytest.mark.parametrize("problem", ["no runs", "output_dir is a file"])
 def test_command_line_errors_are_one_line_and_exit_1(office, tmp_path, problem):
     if problem == "no runs":
-        argv, expected = [str(tmp_path)], f"compare: no results.json under {tmp_path}"
+        (tmp_path / "empty").mkdir()
+        argv, expected = [str(tmp_path / "empty")], f"compare: no results.json under {tmp_path / 'empty'}"
     else:
         (tmp_path / "taken").write_text("a file")
         argv = [str(office / "office" / "hstu-s1"), "--output_dir", str(tmp_path / "taken")]

@@ -1,6 +1,7 @@
 """A run folder belongs to one configuration, one process at a time; results are never lost or silently replaced."""
 
 import fcntl
+import functools
 import json
 import math
 import os
@@ -108,15 +109,16 @@ def test_more_negatives_than_items_is_a_warning_with_the_numbers(tiny, capsys):
 
 def test_a_nan_loss_is_one_line_naming_the_step(tiny, monkeypatch):
     _, config = tiny
-    real_loss = tasks.training_loss
+    real_loss = tasks.RetrievalTask.default_losses["SampledSoftmaxLoss"]
 
+    @functools.wraps(real_loss)  # its signature: the task binds the run's settings by it
     def nan_at_third_step(*args, **kwargs):
         loss = real_loss(*args, **kwargs)
         nan_at_third_step.calls += 1
         return loss * math.nan if nan_at_third_step.calls == 3 else loss
 
     nan_at_third_step.calls = 0
-    monkeypatch.setattr(tasks, "training_loss", nan_at_third_step)
+    monkeypatch.setitem(tasks.RetrievalTask.default_losses, "SampledSoftmaxLoss", nan_at_third_step)
     with pytest.raises(TrainingDiverged) as error:
         train_config_file(str(config), [ONE_EPOCH])
     assert one_line(error.value) == (
