@@ -14,10 +14,11 @@ The registry says which task a model trains on (``registry.model_task``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Counter, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +87,7 @@ class RetrievalTask:
         self.item_counts = None
         self.cold_item_ids = None
         self.negative_item_ids: Optional[torch.Tensor] = None  # the catalogue without the cold items
+        self.negative_scorings: Counter[str] = collections.Counter()  # training steps per scoring, for results.json
 
     def views(self, data: SequenceDataset, data_dir: Path) -> TaskViews:
         config = self.config
@@ -116,6 +118,7 @@ class RetrievalTask:
                 sampling_strategy=config.sampling_strategy,
                 num_negatives=config.num_negatives,
                 temperature=config.temperature,
+                scorings_used=self.negative_scorings,
                 **negatives,
             )
         if model_name == "DSSM":

@@ -472,6 +472,8 @@ def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
             "evaluation": in_use(run.device, training=False),
         }
     log.results["jagged_backend"] = jagged.resolve_backend(config.jagged_backend)
+    if getattr(run.task, "negative_scorings", None):  # what negative_scoring="auto" chose, in steps
+        log.results["negative_scoring"] = dict(run.task.negative_scorings)
     log.results["train_seconds"] = progress.train_seconds
     log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
     test_loader = create_data_loader(
