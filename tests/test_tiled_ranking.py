@@ -76,9 +76,10 @@ def test_one_user_is_ranked_as_by_the_score_matrix():
         assert torch.equal(tiled_target_ranks(queries[one], candidates, targets[one], history[one], tile_items=16), expected)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("broken", ["queries", "candidates"])
-def test_non_finite_embeddings_are_refused(broken):
+def test_non_finite_embeddings_are_refused(broken, value):
     queries, candidates, targets, history = _inputs(4, integer_scores=False)
-    {"queries": queries, "candidates": candidates}[broken][1, 2] = float("nan")
+    {"queries": queries, "candidates": candidates}[broken][-1, 2] = value
     with pytest.raises(FloatingPointError, match="diverged"):
         tiled_target_ranks(queries, candidates, targets, history)

@@ -6,7 +6,7 @@ target is ranked ahead of it, so a constant scorer cannot look good.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -91,8 +91,7 @@ def tiled_target_ranks(
     The scores are computed ``tile_items`` candidates at a time (``ops/tiles.py``:
     each score rounds as the whole matrix's), and each tile's
     items scoring at least the target are counted while it is in cache; the
-    history is left out by subtracting its items' counts (read from the same
-    tile), not by copying the scores. The target's score is the one its own tile
+    history's items are set to -inf in the tile (not in a copy of the scores). The target's score is the one its own tile
     computes, so it is compared with its competitors' scores of the same kind:
     a first guess (a small matmul) is checked against it and, for the users
     where the two differ in the last bit, the count is redone with the tile's.
@@ -100,7 +99,7 @@ def tiled_target_ranks(
     """
     if repeated_target not in REPEATED_TARGET_RULES:
         raise ValueError(f"repeated_target must be one of {REPEATED_TARGET_RULES}, got {repeated_target!r}")
-    if not (torch.isfinite(queries).all() and torch.isfinite(candidates).all()):
+    if not (_all_finite(queries) and _all_finite(candidates)):
         raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
     if queries.size(0) == 1:  # a matrix-vector product, whose rounding may change with a tile's width
         tile_items = candidates.size(0)
@@ -114,6 +113,11 @@ def tiled_target_ranks(
     if not torch.isfinite(target_scores).all():
         raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
     return _apply_rules(counts, target_ids, history_ids, candidates.size(0), rank_cap, repeated_target)
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """No NaN or inf in ``values``: its extremes are finite (one pass; NaN propagates to both)."""
+    return bool(torch.isfinite(torch.stack(torch.aminmax(values))).all())
 
 
 def _guess_target_scores(queries: torch.Tensor, candidates: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
@@ -131,22 +135,32 @@ def _ranks_in_tiles(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(counts, target_scores)``: per user, the items but the ``excluded`` ones scoring ``>= thresholds``
     (the target among them when its score reaches its threshold), and the target's score from its tile."""
+    bounds = tile_bounds(candidates.size(0), tile_items)
     counts = torch.zeros(queries.size(0), dtype=torch.long, device=queries.device)
     target_scores = torch.empty(queries.size(0), dtype=queries.dtype, device=queries.device)
     column = thresholds.view(-1, 1)
-    for begin, end in tile_bounds(candidates.size(0), tile_items):
-        scores = queries @ candidates[begin:end].T
-        width = end - begin
-        counts += (scores >= column).sum(dim=1)
-        local = excluded - begin
-        inside = (local >= 0) & (local < width)
-        excluded_scores = scores.gather(1, local.clamp(0, width - 1))
-        counts -= ((excluded_scores >= column) & inside).sum(dim=1)
-        here = (target_ids >= begin) & (target_ids < begin + width)
-        if here.any():
-            local_targets = (target_ids - begin).clamp(0, width - 1).view(-1, 1)
-            target_scores = torch.where(here, scores.gather(1, local_targets).squeeze(1), target_scores)
+    tiles_excluded = _by_tile(excluded, bounds)
+    tiles_targets = _by_tile(target_ids.view(-1, 1), bounds)
+    for (begin, end), (users, items), (target_users, targets) in zip(bounds, tiles_excluded, tiles_targets):
+        scores = queries @ candidates[begin:end].T  # [B, end - begin], a fresh tile: changed in place
+        flat = scores.view(-1)
+        target_scores[target_users] = flat[target_users * (end - begin) + targets]
+        flat.index_fill_(0, users * (end - begin) + items, float("-inf"))
+        counts += (scores >= column).sum(dim=1, dtype=torch.int32)
     return counts, target_scores
+
+
+def _by_tile(ids: torch.Tensor, bounds: List[Tuple[int, int]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """For each tile of ``bounds``, ``(rows, columns in the tile)`` of the entries of ``ids [B, K]``
+    inside it (-1 entries are none)."""
+    kept = ids >= 0
+    rows = torch.arange(ids.size(0), device=ids.device).view(-1, 1).expand_as(ids)[kept]
+    ids = ids[kept]
+    starts = torch.tensor([begin for begin, _ in bounds], device=ids.device)
+    tile = torch.bucketize(ids, starts[1:], right=True)
+    order = torch.argsort(tile, stable=True)
+    sizes = torch.bincount(tile, minlength=len(bounds)).tolist()
+    return list(zip(rows[order].split(sizes), (ids - starts[tile])[order].split(sizes)))
 
 
 def _apply_rules(

@@ -119,13 +119,17 @@ class _ChunkedNegativeLogits(torch.autograd.Function):
     is the same ``bmm`` call on the same rows: loss and gradients are
     bit-identical to the gathered computation's at one thread. (With more
     threads the gathered table gradient is summed by parallel atomic adds, in
-    no fixed order; this one stays deterministic.)
+    no fixed order; this one stays deterministic.) Under CUDA autocast the
+    logits are computed in float32.
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, queries: torch.Tensor, table: torch.Tensor, negative_ids: torch.Tensor) -> torch.Tensor:
         num_positions, num_negatives = negative_ids.shape
-        bounds = tile_bounds(num_positions, _CHUNK_ELEMENTS // max(1, num_negatives * table.size(1)))
+        # On an accelerator one chunk: its memory is wide, and each chunk would cost kernel launches.
+        chunk = _CHUNK_ELEMENTS // max(1, num_negatives * table.size(1)) if table.device.type == "cpu" else num_positions
+        bounds = tile_bounds(num_positions, chunk)
         logits = queries.new_empty(num_positions, num_negatives)
         for begin, end in bounds:
             rows = table.index_select(0, negative_ids[begin:end].reshape(-1)).view(end - begin, num_negatives, -1)
@@ -135,6 +139,7 @@ class _ChunkedNegativeLogits(torch.autograd.Function):
         return logits
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_logits: torch.Tensor):
         queries, table, negative_ids = ctx.saved_tensors
         num_negatives = negative_ids.size(1)
