@@ -50,45 +50,59 @@ def exact_top_k(
     """The ``k`` best candidates of each query by inner product: ``(scores, indices)``, each ``[B, k]``.
 
     ``queries [B, D]`` are scored in blocks of ``max_scores // N`` queries
-    against ``candidates [N, D]`` a tile of :data:`TILE_ITEMS` at a time, each
-    block keeping a running top-k: the scores and indices of ranking each
-    block's whole rows (``ops/tiles.py``), where scores are distinct (among
-    tied scores either may be kept). With ``excluded [B, L]`` (candidate rows, 0 = padding), candidate
-    row 0 and each query's excluded rows score -inf, as the evaluation
-    excludes a history.
+    against ``candidates [N, D]`` a tile of :data:`TILE_ITEMS` at a time, with
+    a running top-k per query: the scores and indices of ranking each block's
+    whole rows (``ops/tiles.py``), where scores are distinct (among tied
+    scores either may be kept). With ``excluded [B, L]`` (candidate rows,
+    0 = padding), candidate row 0 and each query's excluded rows score -inf,
+    as the evaluation excludes a history; a query left with fewer than ``k``
+    candidates gets -inf scores (at index 0) for the rest.
     """
     num_candidates = candidates.size(0)
     k = min(k, num_candidates)
     block = max(1, max_scores // max(1, num_candidates))
     blocks = [slice(first, min(first + block, queries.size(0))) for first in range(0, queries.size(0), block)]
-    best_scores = queries.new_empty(queries.size(0), k)
-    best_ids = torch.empty(queries.size(0), k, dtype=torch.long, device=queries.device)
-    # A block of one query is a matrix-vector product, whose rounding may change with the width
-    # of a tile: it is scored against every candidate at once (its scores are one row).
-    for rows in (rows for rows in blocks if rows.stop - rows.start == 1):
-        best_scores[rows], best_ids[rows] = _top_k_in_tile(queries[rows], candidates, 0, k, excluded, rows)
+    best_scores = queries.new_full((queries.size(0), k), float("-inf"))
+    best_ids = torch.zeros(queries.size(0), k, dtype=torch.long, device=queries.device)
+    for rows in blocks:
+        if rows.stop - rows.start == 1:
+            # One query: a matrix-vector product, whose rounding may change with the width of a
+            # tile: it is scored against every candidate at once (its scores are one row).
+            _merge_tile(best_scores, best_ids, rows, _scores(queries[rows], candidates, 0, excluded, rows), 0)
     tiled = [rows for rows in blocks if rows.stop - rows.start > 1]
     for begin, end in tile_bounds(num_candidates, max(k, TILE_ITEMS)):
         for rows in tiled:
-            values, ids = _top_k_in_tile(queries[rows], candidates[begin:end], begin, k, excluded, rows)
-            if begin > 0:  # merged with the best of the tiles before
-                values = torch.cat([best_scores[rows], values], dim=1)
-                ids = torch.cat([best_ids[rows], ids], dim=1)
-                values, where = values.topk(k, dim=1)
-                ids = ids.gather(1, where)
-            best_scores[rows], best_ids[rows] = values, ids
+            scores = _scores(queries[rows], candidates[begin:end], begin, excluded, rows)
+            _merge_tile(best_scores, best_ids, rows, scores, begin)
     return best_scores, best_ids
 
 
-def _top_k_in_tile(
-    queries: torch.Tensor, tile: torch.Tensor, begin: int, k: int, excluded: Optional[torch.Tensor], rows: slice
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The best ``min(k, len(tile))`` of candidates ``begin .. begin + len(tile)`` for each query: (scores, indices)."""
+def _scores(
+    queries: torch.Tensor, tile: torch.Tensor, begin: int, excluded: Optional[torch.Tensor], rows: slice
+) -> torch.Tensor:
+    """``queries @ tile.T`` for candidates ``begin .. begin + len(tile)``, the excluded ones at -inf."""
     scores = queries @ tile.T
     if excluded is not None:
         _exclude_in_tile(scores, excluded[rows], begin)
-    values, ids = scores.topk(min(k, tile.size(0)), dim=1)
-    return values, ids + begin
+    return scores
+
+
+def _merge_tile(
+    best_scores: torch.Tensor, best_ids: torch.Tensor, rows: slice, scores: torch.Tensor, begin: int
+) -> None:
+    """Merges a tile's ``scores [b, T]`` (candidates from ``begin``) into the running top-k of ``rows``.
+
+    Only the queries whose tile maximum beats their k-th best so far take the tile's top-k (once a
+    few tiles are seen, most tiles hold none of a query's best)."""
+    k = best_scores.size(1)
+    improving = (scores.amax(dim=1) > best_scores[rows, k - 1]).nonzero().squeeze(1)
+    if improving.numel() == 0:
+        return
+    users = improving + rows.start
+    values, ids = scores.index_select(0, improving).topk(min(k, scores.size(1)), dim=1)
+    values, where = torch.cat([best_scores[users], values], dim=1).topk(k, dim=1)
+    best_scores[users] = values
+    best_ids[users] = torch.cat([best_ids[users], ids + begin], dim=1).gather(1, where)
 
 
 def _exclude_in_tile(scores: torch.Tensor, excluded: torch.Tensor, begin: int) -> None:
