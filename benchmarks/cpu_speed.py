@@ -51,7 +51,11 @@ from generative_recommenders.modeling.losses import resolve_negative_scoring, tr
 from generative_recommenders.modeling.registry import build_model  # noqa: E402
 from generative_recommenders.retrieval import exact_top_k  # noqa: E402
 from generative_recommenders.trainer import train  # noqa: E402
-from generative_recommenders.trainer.distributed import single_process_context, wrap_for_training  # noqa: E402
+from generative_recommenders.trainer.distributed import (  # noqa: E402
+    DistributedContext,
+    single_process_context,
+    wrap_for_training,
+)
 
 ROOT = BENCHMARKS.parent
 PAPER_CONFIG = "configs/amzn23_office/hstu-sampled-softmax-n512-final.gin"
@@ -104,8 +108,12 @@ class Alternation:
         return self.count[name] / self.wall[name]
 
 
-def _training(config: str, data: SequenceDataset, fast: bool) -> Callable[[], int]:
-    """One training step's closure (returns its sequences) for the before or after path."""
+def _training(
+    config: str, data: SequenceDataset, fast: bool, context: Optional[DistributedContext] = None
+) -> Callable[[], int]:
+    """One training step's closure (returns its sequences) for the before or after path, in one
+    process or as one of ``context``'s (each process its own shuffle of the users)."""
+    context = context or single_process_context()
     gin.clear_config()
     gin.parse_config_files_and_bindings([str(ROOT / config)], ['train_fn.dataset_name = "benchmark"'])
     settings = train.config_from_gin()
@@ -121,13 +129,12 @@ def _training(config: str, data: SequenceDataset, fast: bool) -> Callable[[], in
         training_loss, sampling_strategy=settings.sampling_strategy, num_negatives=settings.num_negatives,
         temperature=settings.temperature, negative_scoring=scoring,
     )
-    context = single_process_context()
     module = wrap_for_training(model, loss, context)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), foreach=fast)
     view = SequenceView(data, settings.max_sequence_length, ignore_last_n=1)
     loader = torch.utils.data.DataLoader(
         view, batch_size=settings.local_batch_size, shuffle=True, collate_fn=collate_sequences,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(context.rank),
     )
     batches = itertools.cycle(loader)
 

@@ -231,8 +231,9 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
     # Same initial weights on every rank (seeded above); from here each rank draws its own
     # negatives and dropout masks.
     seed_everything(process_seed(config.random_seed, context))
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    optimizer = torch.optim.AdamW(  # foreach: the for-loop's results, bit for bit, in fewer passes on a CPU
+        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay,
+        foreach=True,
     )
     if config.lr_plateau_factor is None:
         scheduler, plateau = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(config.num_warmup_steps)), None
