@@ -59,12 +59,13 @@ def timed_steps(context: DistributedContext, steps: int, warmup: int) -> Dict[st
 
 
 def child(args: argparse.Namespace) -> None:
+    (workers,) = args.workers
     if args.setting == "processes":
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank, world_size=args.workers)
-        context = DistributedContext(args.rank, args.workers, args.rank, torch.device("cpu"), "gloo")
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank, world_size=workers)
+        context = DistributedContext(args.rank, workers, args.rank, torch.device("cpu"), "gloo")
     else:
-        torch.set_num_threads(args.workers)
+        torch.set_num_threads(workers)
         context = cpu_speed.single_process_context()
     result = timed_steps(context, args.steps, args.warmup)
     if context.is_distributed:
