@@ -15,6 +15,13 @@ traceback).
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: with spinning, a step of small parallel ops costs
+# several times the CPU of one thread, for no wall-clock gain (benchmarks/cpu_scaling.py). Read when
+# torch loads OpenMP, so before it is imported; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import hashlib
 import re
 from pathlib import Path

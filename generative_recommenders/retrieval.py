@@ -22,7 +22,7 @@ import torch
 
 from generative_recommenders.atomic_files import atomic_path, atomic_write_text
 from generative_recommenders.errors import UserError
-from generative_recommenders.evaluation.metrics import exclude_items
+from generative_recommenders.ops.tiles import tile_bounds
 
 INDEX_KINDS = ("exact", "flat", "hnsw", "ivf")
 HNSW_NEIGHBOURS = 32  # graph degree M
@@ -35,6 +35,11 @@ class RetrievalError(UserError):
     """An index kind that cannot be built here, or an unreadable index file."""
 
 
+# Candidates per tile: a block of queries' scores of one tile stay in cache between the matmul and
+# the top-k, and each tile of candidates is read once for all the queries (benchmarks/retrieval.py).
+TILE_ITEMS = 4096
+
+
 def exact_top_k(
     queries: torch.Tensor,
     candidates: torch.Tensor,
@@ -44,23 +49,70 @@ def exact_top_k(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best candidates of each query by inner product: ``(scores, indices)``, each ``[B, k]``.
 
-    ``queries [B, D]`` are scored against ``candidates [N, D]`` a chunk of
-    queries at a time, at most ``max_scores`` scores at once. With
-    ``excluded [B, L]`` (candidate rows, 0 = padding), candidate row 0 and each
-    query's excluded rows score -inf, as the evaluation excludes a history
-    (``metrics.exclude_items``).
+    ``queries [B, D]`` are scored in blocks of ``max_scores // N`` queries
+    against ``candidates [N, D]`` a tile of :data:`TILE_ITEMS` at a time, with
+    a running top-k per query: the scores and indices of ranking each block's
+    whole rows (``ops/tiles.py``), where scores are distinct (among tied
+    scores either may be kept). With ``excluded [B, L]`` (candidate rows,
+    0 = padding), candidate row 0 and each query's excluded rows score -inf,
+    as the evaluation excludes a history; a query left with fewer than ``k``
+    candidates gets -inf scores (at index 0) for the rest.
     """
-    k = min(k, candidates.size(0))
-    chunk = max(1, max_scores // max(1, candidates.size(0)))
-    best_scores, best_ids = [], []
-    for begin in range(0, queries.size(0), chunk):
-        scores = queries[begin:begin + chunk] @ candidates.T
-        if excluded is not None:
-            scores = exclude_items(scores, excluded[begin:begin + chunk])
-        values, ids = scores.topk(k, dim=1)
-        best_scores.append(values)
-        best_ids.append(ids)
-    return torch.cat(best_scores), torch.cat(best_ids)
+    num_candidates = candidates.size(0)
+    k = min(k, num_candidates)
+    block = max(1, max_scores // max(1, num_candidates))
+    blocks = [slice(first, min(first + block, queries.size(0))) for first in range(0, queries.size(0), block)]
+    best_scores = queries.new_full((queries.size(0), k), float("-inf"))
+    best_ids = torch.zeros(queries.size(0), k, dtype=torch.long, device=queries.device)
+    for rows in blocks:
+        if rows.stop - rows.start == 1:
+            # One query: a matrix-vector product, whose rounding may change with the width of a
+            # tile: it is scored against every candidate at once (its scores are one row).
+            _merge_tile(best_scores, best_ids, rows, _scores(queries[rows], candidates, 0, excluded, rows), 0)
+    tiled = [rows for rows in blocks if rows.stop - rows.start > 1]
+    for begin, end in tile_bounds(num_candidates, max(k, TILE_ITEMS)):
+        for rows in tiled:
+            scores = _scores(queries[rows], candidates[begin:end], begin, excluded, rows)
+            _merge_tile(best_scores, best_ids, rows, scores, begin)
+    return best_scores, best_ids
+
+
+def _scores(
+    queries: torch.Tensor, tile: torch.Tensor, begin: int, excluded: Optional[torch.Tensor], rows: slice
+) -> torch.Tensor:
+    """``queries @ tile.T`` for candidates ``begin .. begin + len(tile)``, the excluded ones at -inf."""
+    scores = queries @ tile.T
+    if excluded is not None:
+        _exclude_in_tile(scores, excluded[rows], begin)
+    return scores
+
+
+def _merge_tile(
+    best_scores: torch.Tensor, best_ids: torch.Tensor, rows: slice, scores: torch.Tensor, begin: int
+) -> None:
+    """Merges a tile's ``scores [b, T]`` (candidates from ``begin``) into the running top-k of ``rows``.
+
+    Only the queries whose tile maximum beats their k-th best so far take the tile's top-k (once a
+    few tiles are seen, most tiles hold none of a query's best)."""
+    k = best_scores.size(1)
+    improving = (scores.amax(dim=1) > best_scores[rows, k - 1]).nonzero().squeeze(1)
+    if improving.numel() == 0:
+        return
+    users = improving + rows.start
+    values, ids = scores.index_select(0, improving).topk(min(k, scores.size(1)), dim=1)
+    values, where = torch.cat([best_scores[users], values], dim=1).topk(k, dim=1)
+    best_scores[users] = values
+    best_ids[users] = torch.cat([best_ids[users], ids + begin], dim=1).gather(1, where)
+
+
+def _exclude_in_tile(scores: torch.Tensor, excluded: torch.Tensor, begin: int) -> None:
+    """Sets ``scores [B, T]`` (candidates ``begin .. begin + T``) to -inf at ``excluded`` rows and row 0."""
+    if begin == 0:
+        scores[:, 0] = float("-inf")
+    local = excluded - begin
+    inside = (local >= 0) & (local < scores.size(1))
+    users = torch.arange(scores.size(0), device=scores.device).view(-1, 1).expand_as(local)
+    scores[users[inside], local[inside]] = float("-inf")
 
 
 class ItemIndex(Protocol):

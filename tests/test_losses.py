@@ -1,8 +1,10 @@
+import collections
 import math
 
 import pytest
 import torch
 
+from generative_recommenders.modeling import losses
 from generative_recommenders.modeling.hstu import HSTUEncoder
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, ItemEmbeddingWithText
 from generative_recommenders.modeling.losses import (
@@ -131,10 +133,83 @@ def test_auto_scoring_follows_catalogue_size():
     # 32 items per negative or fewer: the whole table is scored.
     assert resolve_negative_scoring("auto", 2420, num_negatives=512, num_positions=1100) == "item_table"
     assert resolve_negative_scoring("auto", 16_383, num_negatives=512, num_positions=1100) == "item_table"
-    # Larger: the table is embedded once and the negatives gathered from it...
-    assert resolve_negative_scoring("auto", 77_551, num_negatives=512, num_positions=1100) == "gathered"
+    # Larger: the table is embedded once and the negatives gathered from it a chunk at a time...
+    assert resolve_negative_scoring("auto", 16_384, num_negatives=512, num_positions=1100) == "chunked"
+    assert resolve_negative_scoring("auto", 77_551, num_negatives=512, num_positions=1100) == "chunked"
     # ...unless the step samples fewer negatives than there are items.
     assert resolve_negative_scoring("auto", 600_000, num_negatives=512, num_positions=1100) == "per_sample"
     assert resolve_negative_scoring("item_table", 600_000, num_negatives=512, num_positions=1100) == "item_table"
     with pytest.raises(ValueError, match="negative_scoring"):
         resolve_negative_scoring("sparse", 10, num_negatives=2, num_positions=3)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the gathered table gradient is summed by parallel atomic adds with more
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("num_positions", [1, 2, 16, 17, 33, 40])
+def test_chunked_negative_logits_are_bit_identical_to_gathered_ones(one_thread, monkeypatch, num_positions):
+    # Chunks of 16 positions (16 * R * D elements): 17 is one chunk; 40's last 8 join the chunk before.
+    num_items, num_negatives, dim = 300, 512, 64
+    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 16 * num_negatives * dim)
+    generator = torch.Generator().manual_seed(num_positions)
+    queries = torch.randn(num_positions, dim, generator=generator)
+    table = torch.randn(num_items, dim, generator=generator)
+    # Repeated ids within and across rows: their gradients are summed in the same order.
+    negative_ids = torch.randint(1, num_items, (num_positions, num_negatives), generator=generator)
+    upstream = torch.randn(num_positions, num_negatives, generator=generator)
+    results = []
+    for logits_of in (lambda q, t: torch.bmm(t[negative_ids], q.unsqueeze(-1)).squeeze(-1),
+                      lambda q, t: losses._ChunkedNegativeLogits.apply(q, t, negative_ids)):
+        q, t = queries.clone().requires_grad_(), table.clone().requires_grad_()
+        logits = logits_of(q, t)
+        logits.backward(upstream)
+        results.append((logits.detach(), q.grad, t.grad))
+    for gathered, chunked in zip(*results):
+        assert torch.equal(gathered, chunked)
+    # And by hand: row p's logits are its negatives' rows dotted with its query.
+    torch.testing.assert_close(results[1][0], torch.einsum("prd,pd->pr", table[negative_ids], queries))
+
+
+@pytest.mark.parametrize("with_text", [False, True])
+def test_chunked_scoring_gives_the_gathered_loss_and_gradients_bit_for_bit(one_thread, monkeypatch, with_text):
+    monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", 16 * 16 * DIM)  # chunks of 16 positions of the 56
+    model = _recommender(with_text)
+    batch = _training_batch([1, MAX_LEN - 1, 4, 7, MAX_LEN - 1, MAX_LEN - 1, MAX_LEN - 1])
+    results = []
+    for scoring in ("gathered", "chunked"):
+        model.zero_grad()
+        torch.manual_seed(11)  # the same negatives, drawn in the same order
+        used = collections.Counter()
+        loss = training_loss(model, batch, torch.device("cpu"), "local", 16, 0.05, scoring, scorings_used=used)
+        loss.backward()
+        assert used == {scoring: 1}
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (gathered_loss, gathered_grads), (chunked_loss, chunked_grads) = results
+    assert torch.equal(chunked_loss, gathered_loss)
+    assert chunked_grads.keys() == gathered_grads.keys()
+    for name, grad in chunked_grads.items():
+        assert torch.equal(grad, gathered_grads[name]), name
+
+
+@pytest.mark.parametrize("scoring", ["gathered", "chunked", "item_table"])
+def test_id_table_read_from_the_weight_gives_the_lookup_gradients(one_thread, monkeypatch, scoring):
+    model = _recommender(with_text=False)
+    batch = _training_batch([1, MAX_LEN - 1, 4, 7])
+    ids = torch.arange(NUM_ITEMS + 1)
+    assert model.all_item_embeddings() is model.item_embedding.weight.weight
+    results = []
+    for read_table in (None, lambda: model.item_embeddings(ids)):  # the weight; a lookup of every id
+        if read_table is not None:
+            monkeypatch.setattr(model.item_embedding, "all_embeddings", read_table)
+        model.zero_grad()
+        torch.manual_seed(11)
+        training_loss(model, batch, torch.device("cpu"), "local", 16, 0.05, scoring).backward()
+        results.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in results[0].items():
+        assert torch.equal(grad, results[1][name]), name
+    assert not results[0]["item_embedding.weight.weight"][0].any()  # padding learns nothing either way

@@ -6,9 +6,11 @@ target is ranked ahead of it, so a constant scorer cannot look good.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from generative_recommenders.ops.tiles import tile_bounds
 
 HR_KS = (1, 10, 50, 100, 200)
 NDCG_KS = (10, 50, 200)
@@ -61,9 +63,118 @@ def target_ranks(
     masked = exclude_items(scores, history_ids)
     masked.scatter_(1, target_ids.view(-1, 1), target_scores)
     ranks = (masked >= target_scores).sum(dim=1)
+    return _apply_rules(ranks, target_ids, history_ids, scores.size(1), rank_cap, repeated_target)
+
+
+def _excluded_ids(history_ids: Optional[torch.Tensor], target_ids: torch.Tensor) -> torch.Tensor:
+    """Each user's distinct excluded items ``[B, L + 1]``: padding 0 and the history but the target
+    (it is ranked, as :func:`target_ranks` puts it back); repeats and the target become -1."""
+    padding = torch.zeros_like(target_ids).view(-1, 1)
+    ids = padding if history_ids is None else torch.cat([padding, history_ids], dim=1)
+    ids = ids.sort(dim=1).values
+    repeat = torch.zeros_like(ids, dtype=torch.bool)
+    repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
+    return ids.masked_fill(repeat | (ids == target_ids.view(-1, 1)), -1)
+
+
+def tiled_target_ranks(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    target_ids: torch.Tensor,
+    history_ids: Optional[torch.Tensor] = None,
+    rank_cap: Optional[int] = None,
+    repeated_target: str = "rank",
+    tile_items: int = 2048,
+) -> torch.Tensor:
+    """:func:`target_ranks` of ``scores = queries @ candidates.T`` without the ``[B, num_items + 1]`` matrix.
+
+    The scores are computed ``tile_items`` candidates at a time (``ops/tiles.py``:
+    each score rounds as the whole matrix's), and each tile's
+    items scoring at least the target are counted while it is in cache; the
+    history's items are set to -inf in the tile (not in a copy of the scores). The target's score is the one its own tile
+    computes, so it is compared with its competitors' scores of the same kind:
+    a first guess (a small matmul) is checked against it and, for the users
+    where the two differ in the last bit, the count is redone with the tile's.
+    Finiteness is checked on ``queries`` and ``candidates``.
+    """
+    if repeated_target not in REPEATED_TARGET_RULES:
+        raise ValueError(f"repeated_target must be one of {REPEATED_TARGET_RULES}, got {repeated_target!r}")
+    if not (_all_finite(queries) and _all_finite(candidates)):
+        raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
+    if queries.size(0) == 1:  # a matrix-vector product, whose rounding may change with a tile's width
+        tile_items = candidates.size(0)
+    excluded = _excluded_ids(history_ids, target_ids)
+    guess = _guess_target_scores(queries, candidates, target_ids)
+    counts, target_scores = _ranks_in_tiles(queries, candidates, target_ids, guess, excluded, tile_items)
+    redo = target_scores != guess
+    if redo.any():  # rare: recount against the tiles' own target scores (the same tiles, the same bits)
+        recounted, _ = _ranks_in_tiles(queries, candidates, target_ids, target_scores, excluded, tile_items)
+        counts = torch.where(redo, recounted, counts)
+    if not torch.isfinite(target_scores).all():
+        raise FloatingPointError("evaluation scores hold NaN or inf: the model has diverged")
+    return _apply_rules(counts, target_ids, history_ids, candidates.size(0), rank_cap, repeated_target)
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """No NaN or inf in ``values``: its extremes are finite (one pass; NaN propagates to both)."""
+    return bool(torch.isfinite(torch.stack(torch.aminmax(values))).all())
+
+
+def _guess_target_scores(queries: torch.Tensor, candidates: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """``queries[b] . candidates[target_ids[b]]`` by a ``[B, B]`` matmul (usually the tiles' bits)."""
+    return (queries @ candidates[target_ids].T).diagonal()
+
+
+def _ranks_in_tiles(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    target_ids: torch.Tensor,
+    thresholds: torch.Tensor,
+    excluded: torch.Tensor,
+    tile_items: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(counts, target_scores)``: per user, the items but the ``excluded`` ones scoring ``>= thresholds``
+    (the target among them when its score reaches its threshold), and the target's score from its tile."""
+    bounds = tile_bounds(candidates.size(0), tile_items)
+    counts = torch.zeros(queries.size(0), dtype=torch.long, device=queries.device)
+    target_scores = torch.empty(queries.size(0), dtype=queries.dtype, device=queries.device)
+    column = thresholds.view(-1, 1)
+    tiles_excluded = _by_tile(excluded, bounds)
+    tiles_targets = _by_tile(target_ids.view(-1, 1), bounds)
+    for (begin, end), (users, items), (target_users, targets) in zip(bounds, tiles_excluded, tiles_targets):
+        scores = queries @ candidates[begin:end].T  # [B, end - begin], a fresh tile: changed in place
+        flat = scores.view(-1)
+        target_scores[target_users] = flat[target_users * (end - begin) + targets]
+        flat.index_fill_(0, users * (end - begin) + items, float("-inf"))
+        counts += (scores >= column).sum(dim=1, dtype=torch.int32)
+    return counts, target_scores
+
+
+def _by_tile(ids: torch.Tensor, bounds: List[Tuple[int, int]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """For each tile of ``bounds``, ``(rows, columns in the tile)`` of the entries of ``ids [B, K]``
+    inside it (-1 entries are none)."""
+    kept = ids >= 0
+    rows = torch.arange(ids.size(0), device=ids.device).view(-1, 1).expand_as(ids)[kept]
+    ids = ids[kept]
+    starts = torch.tensor([begin for begin, _ in bounds], device=ids.device)
+    tile = torch.bucketize(ids, starts[1:], right=True)
+    order = torch.argsort(tile, stable=True)
+    sizes = torch.bincount(tile, minlength=len(bounds)).tolist()
+    return list(zip(rows[order].split(sizes), (ids - starts[tile])[order].split(sizes)))
+
+
+def _apply_rules(
+    ranks: torch.Tensor,
+    target_ids: torch.Tensor,
+    history_ids: Optional[torch.Tensor],
+    num_columns: int,
+    rank_cap: Optional[int],
+    repeated_target: str,
+) -> torch.Tensor:
+    """The repeated-target rule and the rank cap of :func:`target_ranks` applied to plain ranks."""
     if repeated_target == "miss" and history_ids is not None:
         repeated = (history_ids == target_ids.view(-1, 1)).any(dim=1)
-        miss = scores.size(1) if rank_cap is None else rank_cap + 1  # num_items + 1 without a cap
+        miss = num_columns if rank_cap is None else rank_cap + 1  # num_items + 1 without a cap
         ranks = torch.where(repeated, torch.full_like(ranks, miss), ranks)
     if rank_cap is not None:
         ranks = torch.where(ranks > rank_cap, torch.full_like(ranks, rank_cap + 1), ranks)

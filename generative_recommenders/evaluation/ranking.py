@@ -2,8 +2,9 @@
 
 The scoring here is the one every consumer of a trained model uses (the
 evaluation, and ``generative_recommenders.recommender``): a user's query
-embedding dotted with :func:`candidate_embeddings`, history excluded with
-``metrics.exclude_items``.
+embedding dotted with :func:`candidate_embeddings`, history excluded
+(``metrics.tiled_target_ranks``: the ranks of ``metrics.target_ranks``
+without the whole score matrix).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
-from generative_recommenders.evaluation.metrics import MetricAccumulator, target_ranks
+from generative_recommenders.evaluation.metrics import MetricAccumulator, tiled_target_ranks
 from generative_recommenders.evaluation.target_groups import TargetGroupAccumulator
+
+
+CPU_TILE_ITEMS = 2048  # 128 users x 2048 items: 1 MiB of scores (benchmarks/evaluation.py)
 
 
 def candidate_embeddings(model: torch.nn.Module) -> torch.Tensor:
@@ -37,7 +41,8 @@ def user_target_ranks(
 
     ``rank_cap`` and ``repeated_target`` (``"rank"``, or ``"miss"`` as the
     reference: a target that repeats a history item scores a miss) are those
-    of :func:`~generative_recommenders.evaluation.metrics.target_ranks`.
+    of :func:`~generative_recommenders.evaluation.metrics.target_ranks`, whose ranks these are
+    (computed by :func:`~generative_recommenders.evaluation.metrics.tiled_target_ranks`).
     ``model`` provides ``query_embeddings(ids, lengths, timestamps)`` and what
     :func:`candidate_embeddings` needs. Candidate embeddings are computed
     once; memory is bounded by batch size x catalogue size.
@@ -46,6 +51,8 @@ def user_target_ranks(
     model.eval()
     try:
         candidates = candidate_embeddings(model)  # [I + 1, D]
+        # A CPU ranks a tile of items that stays in its cache at a time; an accelerator all at once.
+        tile = CPU_TILE_ITEMS if candidates.device.type == "cpu" else candidates.size(0)
         for i, batch in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
@@ -55,8 +62,7 @@ def user_target_ranks(
                 for key in ("history_ids", "history_lengths", "history_timestamps", "target_ids")
             )
             queries = model.query_embeddings(history, lengths, timestamps)
-            scores = queries @ candidates.T  # one matmul per chunk of users
-            ranks = target_ranks(scores, targets, history, rank_cap, repeated_target).cpu()
+            ranks = tiled_target_ranks(queries, candidates, targets, history, rank_cap, repeated_target, tile).cpu()
             yield batch["user_index"], batch["target_ids"], ranks
     finally:
         model.train(was_training)

@@ -42,6 +42,11 @@ class ItemEmbedding(torch.nn.Module):
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         return self.weight(item_ids)
 
+    def all_embeddings(self) -> torch.Tensor:
+        """Every row ``[num_items + 1, D]``: the weight itself, not a lookup of every id (whose
+        backward would sort and scatter the whole table at every step)."""
+        return self.weight.weight
+
 
 @gin.configurable("text_fusion")
 class ItemEmbeddingWithText(torch.nn.Module):

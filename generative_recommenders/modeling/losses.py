@@ -3,12 +3,13 @@ and the training loss of a sequential recommender built on it."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Counter, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 
 from generative_recommenders.modeling.sequential import SequentialRecommender
+from generative_recommenders.ops.tiles import tile_bounds
 
 SAMPLING_STRATEGIES = ("local", "in-batch")
 
@@ -103,26 +104,97 @@ def sampled_softmax_loss_from_table(
     return _softmax_over_negatives(positive_logits, negative_logits, positive_ids, negative_ids)
 
 
-NEGATIVE_SCORINGS = ("auto", "per_sample", "gathered", "item_table")
-# Scoring the whole table beats gathering [P, R, D] negatives up to a catalogue of about
-# 60-100 items per negative on a CPU (benchmarks/sampled_softmax.py); the margin is kept.
-_ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE = 32
+# Positions per chunk of :class:`_ChunkedNegativeLogits`: [chunk, R, D] gathered rows stay
+# within about 2 MiB, in cache between the gather and the batched dot product (at least
+# ops.tiles.MIN_TILE positions: a bmm over a batch of one rounds differently).
+_CHUNK_ELEMENTS = 1 << 19
+
+
+class _ChunkedNegativeLogits(torch.autograd.Function):
+    """``bmm(table[negative_ids], queries[..., None])[..., 0]`` (``[P, R]``) without the ``[P, R, D]`` tensor.
+
+    Forward and backward gather a chunk of positions' rows at a time; the table's
+    gradient is accumulated row by row in the order of ``negative_ids``, as the
+    backward of ``table[negative_ids]`` does at one thread, and every product
+    is the same ``bmm`` call on the same rows: loss and gradients are
+    bit-identical to the gathered computation's at one thread. (With more
+    threads the gathered table gradient is summed by parallel atomic adds, in
+    no fixed order; this one stays deterministic.) Under CUDA autocast the
+    logits are computed in float32.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
+    def forward(ctx, queries: torch.Tensor, table: torch.Tensor, negative_ids: torch.Tensor) -> torch.Tensor:
+        num_positions, num_negatives = negative_ids.shape
+        # On an accelerator one chunk: its memory is wide, and each chunk would cost kernel launches.
+        chunk = _CHUNK_ELEMENTS // max(1, num_negatives * table.size(1)) if table.device.type == "cpu" else num_positions
+        bounds = tile_bounds(num_positions, chunk)
+        logits = queries.new_empty(num_positions, num_negatives)
+        for begin, end in bounds:
+            rows = table.index_select(0, negative_ids[begin:end].reshape(-1)).view(end - begin, num_negatives, -1)
+            logits[begin:end] = torch.bmm(rows, queries[begin:end].unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(queries, table, negative_ids)
+        ctx.bounds = bounds
+        return logits
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_logits: torch.Tensor):
+        queries, table, negative_ids = ctx.saved_tensors
+        num_negatives = negative_ids.size(1)
+        grad_queries = torch.empty_like(queries) if ctx.needs_input_grad[0] else None
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        for begin, end in ctx.bounds:
+            grad = grad_logits[begin:end].unsqueeze(-1)  # [c, R, 1], as bmm's backward sees it
+            ids = negative_ids[begin:end].reshape(-1)
+            if grad_queries is not None:
+                rows = table.index_select(0, ids).view(end - begin, num_negatives, -1)
+                grad_queries[begin:end] = torch.bmm(rows.transpose(1, 2), grad).squeeze(-1)
+            if grad_table is not None:
+                outer = torch.bmm(grad, queries[begin:end].unsqueeze(1))  # [c, R, D]
+                grad_table.index_add_(0, ids, outer.view(ids.numel(), -1))
+        return grad_queries, grad_table, None
+
+
+def sampled_softmax_loss_chunked(
+    queries: torch.Tensor,
+    positive_ids: torch.Tensor,
+    positive_embeddings: torch.Tensor,
+    negative_ids: torch.Tensor,
+    item_table: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """:func:`sampled_softmax_loss` with ``negative_embeddings = item_table[negative_ids]``, the
+    negatives' logits computed a chunk of positions at a time (:class:`_ChunkedNegativeLogits`):
+    the same loss and gradients, bit for bit at one thread, without the ``[P, R, D]`` tensor."""
+    _check_positions(queries)
+    positive_logits = (queries * positive_embeddings).sum(-1) / temperature
+    negative_logits = _ChunkedNegativeLogits.apply(queries, item_table, negative_ids) / temperature
+    return _softmax_over_negatives(positive_logits, negative_logits, positive_ids, negative_ids)
+
+
+NEGATIVE_SCORINGS = ("auto", "per_sample", "gathered", "chunked", "item_table")
+# Scoring the whole table beats gathering the negatives up to a catalogue of about
+# ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE items per negative on a CPU (benchmarks/sampled_softmax.py).
+ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE = 32
 
 
 def resolve_negative_scoring(negative_scoring: str, num_items: int, num_negatives: int, num_positions: int) -> str:
     """The concrete scoring ``auto`` stands for (others are returned as they are).
 
-    ``auto``: ``item_table`` up to 32 items per negative; ``per_sample`` when the
-    step samples fewer negatives (``num_positions * num_negatives``) than there
-    are items, so that a huge catalogue is never embedded whole; else ``gathered``.
+    ``auto``: ``item_table`` up to :data:`ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE` items
+    per negative; ``per_sample`` when the step samples fewer negatives
+    (``num_positions * num_negatives``) than there are items, so that a huge
+    catalogue is never embedded whole; else ``chunked``.
     """
     if negative_scoring not in NEGATIVE_SCORINGS:
         raise ValueError(f"unknown negative_scoring {negative_scoring!r}; choose from {NEGATIVE_SCORINGS}")
     if negative_scoring != "auto":
         return negative_scoring
-    if num_items + 1 <= _ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE * num_negatives:
+    if num_items + 1 <= ITEM_TABLE_MAX_ITEMS_PER_NEGATIVE * num_negatives:
         return "item_table"
-    return "per_sample" if num_items + 1 > num_positions * num_negatives else "gathered"
+    return "per_sample" if num_items + 1 > num_positions * num_negatives else "chunked"
 
 
 def training_loss(
@@ -134,9 +206,12 @@ def training_loss(
     temperature: float,
     negative_scoring: str = "auto",
     negative_item_ids: Optional[torch.Tensor] = None,
+    scorings_used: Optional[Counter[str]] = None,
 ) -> torch.Tensor:
     """Next-item sampled softmax at every history position (target appended); ``local``
     negatives from ``negative_item_ids`` when given (see :func:`sample_negatives`).
+    ``scorings_used``, when given, counts the steps of each concrete scoring (what
+    ``auto`` chose, for ``results.json``).
 
     ``negative_scoring`` says how the sampled negatives are embedded and scored,
     all giving the same loss:
@@ -144,7 +219,10 @@ def training_loss(
     * ``per_sample``: the item embedding module runs on every sampled negative
       (the reference: with text, each negative's text is projected on its own);
     * ``gathered``: every item is embedded (and normalized) once per step, the
-      negatives' rows are gathered;
+      negatives' rows are gathered into a ``[P, R, D]`` tensor;
+    * ``chunked``: the same, a chunk of positions at a time, the ``[P, R, D]``
+      tensor never built (:func:`sampled_softmax_loss_chunked`; bit-identical
+      to ``gathered`` at one thread);
     * ``item_table``: the same table, scored against every position in one
       matmul, the negatives' logits picked from it;
     * ``auto``: see :func:`resolve_negative_scoring`.
@@ -152,6 +230,8 @@ def training_loss(
     lengths = batch["history_lengths"].to(device, non_blocking=True)
     num_positions = int(batch["history_lengths"].sum())
     scoring = resolve_negative_scoring(negative_scoring, model.num_items, num_negatives, num_positions)
+    if scorings_used is not None:
+        scorings_used[scoring] += 1
     target_ids = batch["target_ids"].to(device, non_blocking=True)
     ids = batch["history_ids"].to(device, non_blocking=True).scatter(
         1, lengths.view(-1, 1), target_ids.view(-1, 1)
@@ -178,6 +258,10 @@ def training_loss(
     if scoring == "gathered":
         return sampled_softmax_loss(
             queries, positive_ids, positive_embeddings, negative_ids, item_table[negative_ids], temperature
+        )
+    if scoring == "chunked":
+        return sampled_softmax_loss_chunked(
+            queries, positive_ids, positive_embeddings, negative_ids, item_table, temperature
         )
     return sampled_softmax_loss_from_table(
         queries, positive_ids, positive_embeddings, negative_ids, item_table, temperature

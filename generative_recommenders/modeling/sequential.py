@@ -13,7 +13,7 @@ from typing import Any, Dict, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from generative_recommenders.modeling.item_embeddings import item_embedding_module
+from generative_recommenders.modeling.item_embeddings import ItemEmbedding, item_embedding_module
 from generative_recommenders.modeling.registry import ModelInputs
 
 
@@ -88,6 +88,8 @@ class SequentialRecommender(torch.nn.Module):
 
     def all_item_embeddings(self) -> torch.Tensor:
         """Embeddings of ids ``0..num_items`` (row 0 is padding)."""
+        if isinstance(self.item_embedding, ItemEmbedding):
+            return self.item_embedding.all_embeddings()
         ids = torch.arange(self.num_items + 1, device=self.position_embedding.weight.device)
         return self.item_embeddings(ids)
 

@@ -18,11 +18,12 @@ against its task and returns the task.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Counter, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -119,6 +120,10 @@ class Task:
         """Bool by 0-based item index: the items no training example of this run held."""
         raise NotImplementedError
 
+    def training_record(self) -> Dict[str, Any]:
+        """What results.json records of how this task trained (beyond the config)."""
+        return {}
+
 
 @dataclasses.dataclass
 class Evaluation:
@@ -144,6 +149,7 @@ class RetrievalTask(Task):
         self.item_counts = None
         self.cold_item_ids = None
         self.negative_item_ids: Optional[torch.Tensor] = None  # the catalogue without the cold items
+        self.negative_scorings: Counter[str] = collections.Counter()  # training steps per negative scoring
 
     def views(self, data: SequenceDataset, data_dir: Path) -> TaskViews:
         config = self.config
@@ -170,9 +176,14 @@ class RetrievalTask(Task):
         """The run's loss; with a cold-item split, uniform negatives leave the cold items out
         (their ids moved to ``device`` once, not at every step)."""
         loss = self.losses_of(self.config.main_module)[self.config.loss_module]
-        if self.negative_item_ids is None:
-            return bind_loss(loss, self.config)
-        return bind_loss(loss, self.config, negative_item_ids=self.negative_item_ids.to(device))
+        extra: Dict[str, Any] = {"scorings_used": self.negative_scorings}  # where the loss counts them
+        if self.negative_item_ids is not None:
+            extra["negative_item_ids"] = self.negative_item_ids.to(device)
+        return bind_loss(loss, self.config, **extra)
+
+    def training_record(self) -> Dict[str, Any]:
+        """The negative scorings that ``negative_scoring="auto"`` chose, in training steps."""
+        return {"negative_scoring": dict(self.negative_scorings)} if self.negative_scorings else {}
 
     def untrained_items(self, data: SequenceDataset, views: TaskViews) -> np.ndarray:
         """Items in no training example of the protocol's (cold-item split included) training view."""

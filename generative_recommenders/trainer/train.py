@@ -208,8 +208,9 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
 
     # From here each rank draws its own negatives and dropout masks.
     seed_everything(process_seed(config.random_seed, context))
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
+    optimizer = torch.optim.AdamW(  # foreach: the for-loop's results, bit for bit, in fewer passes on a CPU
+        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay,
+        foreach=True,
     )
     if config.lr_plateau_factor is None:
         scheduler, plateau = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(config.num_warmup_steps)), None
@@ -437,6 +438,7 @@ def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
     if in_use:  # what ran, after the probe of the Triton kernel (CUDA) had its say
         log.results["attention_backend"] = {"requested": config.attention_backend, **in_use}
     log.results["jagged_backend"] = jagged.resolve_backend(config.jagged_backend)
+    log.results.update(run.task.training_record())
     log.results["train_seconds"] = progress.train_seconds
     log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
     test_loader = create_data_loader(
