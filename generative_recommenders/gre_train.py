@@ -208,8 +208,8 @@ def model_card(record: Dict[str, Any]) -> str:
         for r in record["datasets"]
     )
     curve = "\n".join(
-        f"| {e + 1} | {t:.4f} | {v:.4f} | {sec:.0f} |{' best' if e == h['best_epoch'] else ''}"
-        for e, (t, v, sec) in enumerate(zip(h["train_loss"], h["held_out_loss"], h["epoch_seconds"]))
+        f"| {e + 1} | {t:.4f} | {v:.4f} | {sec:.0f} | {cpu:.0f} |{' best |' if e == h['best_epoch'] else ' |'}"
+        for e, (t, v, sec, cpu) in enumerate(zip(h["train_loss"], h["held_out_loss"], h["epoch_seconds"], h["epoch_cpu_seconds"]))
     )
     negatives = (f"{s['negatives_per_pair']} uniformly sampled negatives per pair (scored against the query)"
                  if s["negatives_per_pair"] else "no sampled negatives")
@@ -247,8 +247,8 @@ seed {s['seed']}. {h['steps']:,} steps in {len(h['held_out_loss'])} epochs{' (st
 the weights are those of epoch {h['best_epoch'] + 1}. Training took {record['train_seconds']:.0f} s.
 Held-out loss before training: {h['held_out_loss_before']:.4f}.
 
-| epoch | training loss | held-out loss | seconds |
-|---|---|---|---|
+| epoch | training loss | held-out loss | seconds | CPU seconds | |
+|---|---|---|---|---|---|
 {curve}
 
 Command: `{record['command']}`

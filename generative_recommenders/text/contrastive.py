@@ -125,7 +125,8 @@ class ContrastiveConfig:
 class TrainingHistory:
     held_out_loss: List[float] = field(default_factory=list)  # after each epoch
     train_loss: List[float] = field(default_factory=list)  # mean over each epoch's steps
-    epoch_seconds: List[float] = field(default_factory=list)
+    epoch_seconds: List[float] = field(default_factory=list)  # wall clock
+    epoch_cpu_seconds: List[float] = field(default_factory=list)  # this process's CPU time
     held_out_loss_before: float = float("nan")  # of the base model
     best_epoch: int = -1  # 0-based
     steps: int = 0
@@ -239,7 +240,8 @@ class ContrastiveTrainer:
         scheduler = get_linear_schedule_with_warmup(optimizer, 0, config.epochs * steps_per_epoch)
         history = TrainingHistory()
         best_state: Optional[Dict[str, torch.Tensor]] = None
-        epoch, step_in_epoch, epoch_loss_sum, epoch_seconds = 0, 0, 0.0, 0.0
+        epoch, step_in_epoch, epoch_loss_sum = 0, 0, 0.0
+        epoch_seconds = epoch_cpu_seconds = 0.0
         if resume and checkpoint_path is not None and checkpoint_path.is_file():
             state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
             if state.get("version") != CHECKPOINT_VERSION or state.get("signature") != run_signature:
@@ -252,7 +254,7 @@ class ContrastiveTrainer:
             scheduler.load_state_dict(state["scheduler"])
             history, best_state = state["history"], state["best_state"]
             epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-            epoch_loss_sum, epoch_seconds = state["epoch_loss_sum"], state["epoch_seconds"]
+            epoch_loss_sum, epoch_seconds, epoch_cpu_seconds = state["epoch_loss_sum"], state["epoch_seconds"], state["epoch_cpu_seconds"]
             torch.set_rng_state(state["torch_rng"])
             logger.info("resumed from %s at epoch %d, step %d of %d", checkpoint_path, epoch + 1, step_in_epoch, steps_per_epoch)
 
@@ -263,7 +265,8 @@ class ContrastiveTrainer:
                 "version": CHECKPOINT_VERSION, "signature": run_signature,
                 "model": self.model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "history": history, "best_state": best_state, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                "epoch_loss_sum": epoch_loss_sum, "epoch_seconds": epoch_seconds, "torch_rng": torch.get_rng_state(),
+                "epoch_loss_sum": epoch_loss_sum, "epoch_seconds": epoch_seconds, "epoch_cpu_seconds": epoch_cpu_seconds,
+                "torch_rng": torch.get_rng_state(),
             }, checkpoint_path)
 
         if history.steps == 0:
@@ -272,7 +275,7 @@ class ContrastiveTrainer:
         self.model.train()
         while epoch < config.epochs and not history.stopped_early:
             batches = self.train_batches(epoch)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             with tqdm(total=len(batches), initial=step_in_epoch, desc=f"epoch {epoch + 1}", unit="step", disable=None) as progress:
                 for b in range(step_in_epoch, len(batches)):
                     domain, rows = batches[b]
@@ -282,31 +285,35 @@ class ContrastiveTrainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
-                    epoch_loss_sum += float(loss)
+                    epoch_loss_sum += loss.item()
                     step_in_epoch, history.steps = b + 1, history.steps + 1
                     progress.update(1)
-                    progress.set_postfix(loss=f"{float(loss):.4f}")
+                    progress.set_postfix(loss=f"{epoch_loss_sum / step_in_epoch:.4f}")
                     if step_in_epoch % config.checkpoint_every == 0 and step_in_epoch < len(batches):
                         epoch_seconds += time.perf_counter() - start
-                        start = time.perf_counter()
+                        epoch_cpu_seconds += time.process_time() - cpu_start
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         save_checkpoint()
                     if after_step is not None:
                         after_step(history.steps)
             epoch_seconds += time.perf_counter() - start
+            epoch_cpu_seconds += time.process_time() - cpu_start
             held_out = self.held_out_loss()
             history.held_out_loss.append(held_out)
             history.train_loss.append(epoch_loss_sum / max(len(batches), 1))
             history.epoch_seconds.append(epoch_seconds)
+            history.epoch_cpu_seconds.append(epoch_cpu_seconds)
             if history.best_epoch < 0 or held_out < history.held_out_loss[history.best_epoch]:
                 history.best_epoch = epoch
                 best_state = copy.deepcopy(self.model.state_dict())
             elif epoch - history.best_epoch >= config.patience:
                 history.stopped_early = True
             logger.info(
-                "epoch %d: train loss %.4f, held-out loss %.4f%s, %.1f s",
-                epoch + 1, history.train_loss[-1], held_out, " (best)" if history.best_epoch == epoch else "", epoch_seconds,
+                "epoch %d: train loss %.4f, held-out loss %.4f%s, %.1f s (%.1f CPU s)", epoch + 1, history.train_loss[-1],
+                held_out, " (best)" if history.best_epoch == epoch else "", epoch_seconds, epoch_cpu_seconds,
             )
-            epoch, step_in_epoch, epoch_loss_sum, epoch_seconds = epoch + 1, 0, 0.0, 0.0
+            epoch, step_in_epoch, epoch_loss_sum = epoch + 1, 0, 0.0
+            epoch_seconds = epoch_cpu_seconds = 0.0
             save_checkpoint()
         if best_state is not None:
             self.model.load_state_dict(best_state)
