@@ -244,7 +244,7 @@ similarities and {negatives}, temperature {s['temperature']:g}; candidates the g
 own guide similarity are masked). AdamW, learning rate {s['learning_rate']:g} with linear decay, batch size
 {s['batch_size']}, up to {s['epochs']} epochs with early stopping on the held-out loss (patience {s['patience']}),
 seed {s['seed']}. {h['steps']:,} steps in {len(h['held_out_loss'])} epochs{' (stopped early)' if h['stopped_early'] else ''};
-the weights are those of epoch {h['best_epoch'] + 1}. Training took {record['train_seconds']:.0f} s.
+the weights are those of epoch {h['best_epoch'] + 1}. Training took {record['train_seconds']:.0f} s ({record['train_cpu_seconds']:.0f} CPU s; held-out evaluations excluded).
 Held-out loss before training: {h['held_out_loss_before']:.4f}.
 
 | epoch | training loss | held-out loss | seconds | CPU seconds | |
@@ -305,7 +305,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     record = {
         "base": args.base, "base_source": source, "guide": args.guide, "pooling": pooling, "normalized": True,
         "settings": signature["settings"], "datasets": records, "history": asdict(history),
-        "train_seconds": sum(history.epoch_seconds), "wall_seconds_this_process": time.perf_counter() - start,
+        "train_seconds": sum(history.epoch_seconds), "train_cpu_seconds": sum(history.epoch_cpu_seconds),
+        "wall_seconds_this_process": time.perf_counter() - start,
         "command": "python3 -m generative_recommenders.gre_train " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
     }
     write_model_folder(model, tokenizer, record, work / "model", output)
