@@ -287,6 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise GreTrainError(f"{checkpoint}: a run was cut short there; add --resume to continue it, or remove {work}")
     check_text_encoder_name(args.guide)
     model, tokenizer, source = load_base(args.base)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     pooling = resolve_pooling(args, source)
     torch.manual_seed(args.seed)
     domains, records = mine_domains(args)

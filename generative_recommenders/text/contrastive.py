@@ -22,7 +22,7 @@ epoch, early stopping on it and the best epoch's weights kept. Batches hold
 the pairs of one dataset only (GRE's per-domain batches); GRE's scale_dict is
 1 for every domain, so every pair is seen once per epoch. Everything random
 (split, batch order, sampled negatives) derives from the seed, the epoch and
-the batch index, and the checkpoint carries the generator state dropout
+the batch index, and the checkpoint carries the generator states dropout
 draws from, so a resumed run equals an uninterrupted one.
 """
 
@@ -256,6 +256,8 @@ class ContrastiveTrainer:
             epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
             epoch_loss_sum, epoch_seconds, epoch_cpu_seconds = state["epoch_loss_sum"], state["epoch_seconds"], state["epoch_cpu_seconds"]
             torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
             logger.info("resumed from %s at epoch %d, step %d of %d", checkpoint_path, epoch + 1, step_in_epoch, steps_per_epoch)
 
         def save_checkpoint() -> None:
@@ -267,6 +269,7 @@ class ContrastiveTrainer:
                 "history": history, "best_state": best_state, "epoch": epoch, "step_in_epoch": step_in_epoch,
                 "epoch_loss_sum": epoch_loss_sum, "epoch_seconds": epoch_seconds, "epoch_cpu_seconds": epoch_cpu_seconds,
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             }, checkpoint_path)
 
         if history.steps == 0:
