@@ -66,6 +66,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     gre.add_argument("--negatives_per_pair", type=int, default=3)
     gre.add_argument("--max_pairs", type=int, help="a seeded random subset of each dataset's pairs, at most this many")
     gre.add_argument("--seed", type=int, default=42)
+    gre.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                     help="recompute activations in the backward pass (GRE's setting; without it long texts need far more memory)")
     parser.add_argument("--cold_item_share", type=float, help="leave out the cold items of this share (as train_fn.cold_item_share)")
     parser.add_argument("--cold_item_seed", type=int, default=42, help="the seed the cold items are drawn with (the run's seed)")
     parser.add_argument("--checkpoint_every", type=int, default=50, help="steps between checkpoints within an epoch")
@@ -295,6 +297,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pooling=pooling, max_length=args.max_length, batch_size=args.batch_size, learning_rate=args.learning_rate,
         temperature=args.temperature, negatives_per_pair=args.negatives_per_pair, epochs=args.epochs,
         patience=args.patience, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     trainer = ContrastiveTrainer(model, tokenizer, domains, config)
     signature = run_signature(args, domains)

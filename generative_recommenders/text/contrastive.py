@@ -16,7 +16,8 @@ out (a likely false negative). Two deliberate differences:
   above the pair's), which a pair of identical texts escapes.
 
 Training follows GRE's config: AdamW (weight decay 0), linear decay without
-warm-up, gradient norm clipped at 1 (the transformers Trainer's default), a
+warm-up, gradient norm clipped at 1 (the transformers Trainer's default),
+gradient (activation) checkpointing, a
 held-out share of the pairs whose loss (dropout off) is computed after every
 epoch, early stopping on it and the best epoch's weights kept. Batches hold
 the pairs of one dataset only (GRE's per-domain batches); GRE's scale_dict is
@@ -119,6 +120,7 @@ class ContrastiveConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     checkpoint_every: int = 50  # steps
+    gradient_checkpointing: bool = True  # GRE's setting: activations recomputed in backward, a fraction of the memory
 
 
 @dataclass
@@ -151,6 +153,9 @@ class ContrastiveTrainer:
         self.tokenizer = tokenizer
         self.domains = list(domains)
         self.config = config
+        if config.gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()  # renamed in transformers 5
         self.guides = [F.normalize(d.guide_embeddings.float(), dim=-1) for d in self.domains]
         # Every item text tokenized once; batches only pad.
         self.token_ids = [
