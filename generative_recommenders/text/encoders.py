@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generative_recommenders.errors import UserError
+from generative_recommenders.text.sentence_folder import POOLINGS, pool_hidden_states, read_sentence_settings
 
 if TYPE_CHECKING:
     import tiktoken
@@ -44,7 +45,6 @@ HUB_MODELS: Dict[str, str] = {
 }
 # BLaIR embeds with its CLS token; every other named or hf: model defaults to mean pooling.
 CLS_POOLED_MODELS = ("blair", "blair-large")
-POOLINGS = ("cls", "mean")
 
 
 class TextEncodingError(UserError):
@@ -161,11 +161,7 @@ class HFTextEncoder(_BatchedEncoder):
             batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
         hidden = self.model(**inputs).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        pooled = pool_hidden_states(hidden, inputs["attention_mask"], self.pooling)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
@@ -526,8 +522,15 @@ def get_text_encoder(
         if normalize is not None:
             raise ValueError("normalize does not apply to the 'openai' encoder (always unit norm)")
         return OpenAIEncoder(base_url=openai_base_url)
+    model = HUB_MODELS.get(name) or name[len("hf:") :]
+    # A folder that records how it embeds (gre_train writes one) is used that way unless told otherwise.
+    recorded = read_sentence_settings(model) if name.startswith("hf:") and os.path.isdir(model) else None
+    if recorded is not None:
+        pooling = pooling or recorded.pooling
+        normalize = recorded.normalize if normalize is None else normalize
+        max_length = min(max_length, recorded.max_length or max_length)
     return HFTextEncoder(
-        HUB_MODELS.get(name) or name[len("hf:") :],
+        model,
         name=name,
         pooling=pooling or ("cls" if name in CLS_POOLED_MODELS else "mean"),
         normalize=bool(normalize),
