@@ -51,6 +51,7 @@ from generative_recommenders.modeling.losses import resolve_negative_scoring, tr
 from generative_recommenders.modeling.registry import build_model  # noqa: E402
 from generative_recommenders.retrieval import exact_top_k  # noqa: E402
 from generative_recommenders.trainer import train  # noqa: E402
+from generative_recommenders.trainer.assembly import model_inputs  # noqa: E402
 from generative_recommenders.trainer.distributed import (  # noqa: E402
     DistributedContext,
     single_process_context,
@@ -118,7 +119,7 @@ def _training(
     gin.parse_config_files_and_bindings([str(ROOT / config)], ['train_fn.dataset_name = "benchmark"'])
     settings = train.config_from_gin()
     torch.manual_seed(0)
-    model = build_model(settings.main_module, train.model_inputs(settings, data.num_items, None))
+    model = build_model(settings.main_module, model_inputs(settings, data.num_items, None))
     if not fast:  # the id table looked up id by id, as before
         ids = torch.arange(data.num_items + 1)
         model.item_embedding.all_embeddings = functools.partial(model.item_embeddings, ids)
@@ -169,7 +170,7 @@ def eval_case(data: SequenceDataset, batches: int) -> Tuple[Alternation, int]:
     gin.parse_config_files_and_bindings([str(ROOT / PAPER_CONFIG)], ['train_fn.dataset_name = "benchmark"'])
     settings = train.config_from_gin()
     torch.manual_seed(0)
-    model = build_model(settings.main_module, train.model_inputs(settings, data.num_items, None)).eval()
+    model = build_model(settings.main_module, model_inputs(settings, data.num_items, None)).eval()
     loader = torch.utils.data.DataLoader(
         SequenceView(data, settings.max_sequence_length, ignore_last_n=0), batch_size=settings.eval_batch_size,
         collate_fn=collate_sequences,
