@@ -116,7 +116,7 @@ def _bound_gin_config(results: Dict[str, Any]) -> Iterator[None]:
 
 def _build_model_for_run(
     results: Dict[str, Any], config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor],
-    device: torch.device, num_categories: int = 0,
+    device: torch.device, num_categories: int = 0, num_users: int = 0,
 ) -> torch.nn.Module:
     """The run's untrained model, built by the model registry as the trainer built it. The ops
     backends are the automatic ones: every backend computes the same values, the device decides."""
@@ -124,7 +124,7 @@ def _build_model_for_run(
 
     config = dataclasses.replace(config, attention_backend="auto", jagged_backend="auto")
     with _bound_gin_config(results):
-        model = build_model(config.main_module, model_inputs(config, num_items, text_embeddings, num_categories))
+        model = build_model(config.main_module, model_inputs(config, num_items, text_embeddings, num_categories, num_users))
     return model.to(device)
 
 
@@ -219,7 +219,8 @@ class Recommender:
         categories = _ctr_categories(results, data_dir, data.num_items, index) if task == "ctr" else None
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = _build_model_for_run(
-            results, config, data.num_items, text_embeddings, device, 0 if categories is None else categories.num_categories
+            results, config, data.num_items, text_embeddings, device, 0 if categories is None else categories.num_categories,
+            data.num_users if task == "ctr" else 0,
         )
         max_sequence_length = config.max_sequence_length
         try:
@@ -337,9 +338,10 @@ class Recommender:
         return self._candidate_cache
 
     @torch.no_grad()
-    def _pair_scores(self, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _pair_scores(self, history: np.ndarray, items: np.ndarray, user: Optional[int] = None) -> np.ndarray:
         """A CTR model's click probabilities of ``items`` after ``history`` (0-based, oldest first),
-        from the newest ``max_sequence_length`` history items as in training."""
+        from the newest ``max_sequence_length`` history items as in training; ``user`` (an index of
+        the data) fills the user-id field, none for a typed-in history."""
         behaviours = torch.from_numpy(history[-self.max_sequence_length:] + 1)
         scores = []
         for begin in range(0, len(items), PAIR_BATCH):
@@ -349,6 +351,8 @@ class Recommender:
                 "history_lengths": torch.full((len(targets),), len(behaviours), dtype=torch.int64),
                 "target_ids": targets,
             }
+            if user is not None:
+                batch["user_index"] = torch.full((len(targets),), user, dtype=torch.int64)
             if self.categories is not None:
                 table = torch.from_numpy(self.categories.ids)
                 batch["history_categories"] = table[batch["history_ids"]]
@@ -357,9 +361,11 @@ class Recommender:
             scores.append(torch.sigmoid(logits).cpu().numpy())
         return np.concatenate(scores)
 
-    def _pair_top_k(self, history: np.ndarray, excluded: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _pair_top_k(
+        self, history: np.ndarray, excluded: np.ndarray, k: int, user: Optional[int] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """``(0-based items, click probabilities)`` best first, as :meth:`_top_k` for a CTR model."""
-        scores = self._pair_scores(history, np.arange(self.num_items)).astype(np.float64)
+        scores = self._pair_scores(history, np.arange(self.num_items), user).astype(np.float64)
         scores[excluded] = -np.inf
         if not self.include_cold:
             scores[self.cold] = -np.inf
@@ -411,10 +417,14 @@ class Recommender:
         return pd.DataFrame(columns)
 
     def _recommend(
-        self, histories: List[Tuple[np.ndarray, np.ndarray, int]], excluded: List[np.ndarray], k: int
+        self, histories: List[Tuple[np.ndarray, np.ndarray, int]], excluded: List[np.ndarray], k: int,
+        users: Optional[Sequence[int]] = None,
     ) -> List[Tuple[np.ndarray, np.ndarray]]:
         if self.task == "ctr":
-            return [self._pair_top_k(items, skip, k) for (items, _, _), skip in zip(histories, excluded)]
+            users = [None] * len(histories) if users is None else users
+            return [
+                self._pair_top_k(items, skip, k, user) for (items, _, _), skip, user in zip(histories, excluded, users)
+            ]
         chunk = max(1, min(QUERY_BATCH, MAX_SCORES_PER_CHUNK // (self.num_items + 1)))
         ranked = []
         for begin in range(0, len(histories), chunk):
@@ -436,7 +446,7 @@ class Recommender:
         users = self._user_indices(user_ids)
         histories = [self._user_history(user) for user in users]
         excluded = [items if exclude_history else items[:0] for items, _, _ in histories]
-        return self._frame(self._recommend(histories, excluded, k), _as_list(user_ids))
+        return self._frame(self._recommend(histories, excluded, k, users), _as_list(user_ids))
 
     def recommend_for_history(
         self,
@@ -489,7 +499,7 @@ class Recommender:
         items = self._item_indices(item_ids, "items to score")
         histories = [self._user_history(user) for user in users]
         if self.task == "ctr":
-            scores = np.stack([self._pair_scores(history, items) for history, _, _ in histories])
+            scores = np.stack([self._pair_scores(history, items, user) for (history, _, _), user in zip(histories, users)])
         else:
             queries = self._queries(histories)
             scores = (queries @ self._candidates()[torch.from_numpy(items + 1).to(self.device)].T).cpu().numpy()

@@ -37,7 +37,9 @@ def user_target_ranks(
 
     ``rank_cap`` and ``repeated_target`` (``"rank"``, or ``"miss"`` as the
     reference: a target that repeats a history item scores a miss) are those
-    of :func:`~generative_recommenders.evaluation.metrics.target_ranks`.
+    of :func:`~generative_recommenders.evaluation.metrics.target_ranks`; the
+    items removed from the ranking are the batch's ``seen_item_ids`` when it has
+    them (GRE-B: every item before the target), else its history.
     ``model`` provides ``query_embeddings(ids, lengths, timestamps)`` and what
     :func:`candidate_embeddings` needs. Candidate embeddings are computed
     once; memory is bounded by batch size x catalogue size.
@@ -56,7 +58,8 @@ def user_target_ranks(
             )
             queries = model.query_embeddings(history, lengths, timestamps)
             scores = queries @ candidates.T  # one matmul per chunk of users
-            ranks = target_ranks(scores, targets, history, rank_cap, repeated_target).cpu()
+            excluded = batch["seen_item_ids"].to(device, non_blocking=True) if "seen_item_ids" in batch else history
+            ranks = target_ranks(scores, targets, excluded, rank_cap, repeated_target).cpu()
             yield batch["user_index"], batch["target_ids"], ranks
     finally:
         model.train(was_training)

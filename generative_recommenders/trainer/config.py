@@ -33,6 +33,8 @@ LOSS_MODULES = ("SampledSoftmaxLoss", "BinaryCrossEntropyLoss")
 BCE_ONLY_MODELS = ("DSSM",)
 # Selection keeps the highest value: CTR runs select on AUC.
 CTR_SELECTION_METRICS = ("auc",)
+# Retrieval training examples: one window per user, or GRE-B's one sample per training position.
+TRAINING_SAMPLES = ("window", "per_position")
 # Reference parameters with one supported value (other values are refused, never ignored).
 _SINGLE_CHOICES = {
     "loss_module": LOSS_MODULES,
@@ -91,6 +93,15 @@ class TrainConfig:
     removes that seeded share of the items from training (as targets, in
     histories and from the sampled negatives) and reports the test users whose
     target is one of them under ``cold_items``.
+    ``training_samples`` (retrieval): ``window`` (default: one example per user,
+    its newest ``max_sequence_length`` training items, a loss at every position)
+    or ``per_position`` (GRE-B: one example per training position with the
+    items before it, the loss at that position only). ``mask_seen_items``
+    (retrieval; default off): the evaluation removes every item the user had
+    before the target from the ranking, and a target that is one of them is a
+    miss (GRE-B). ``adam_beta2``: the optimizer's second beta (0.98, the
+    reference's; GRE-B 0.999). ``grad_clip_norm`` (default off): clip the
+    gradients' total norm to it (GRE-B's CTR models: 1.0).
     ``lr_plateau_factor`` (default off) multiplies the learning rate by that
     factor after ``lr_plateau_patience`` + 1 validations without a better
     ``selection_metric`` (needs ``num_warmup_steps = 0``).
@@ -141,6 +152,10 @@ class TrainConfig:
     cold_item_share: Optional[float] = None
     lr_plateau_factor: Optional[float] = None
     lr_plateau_patience: int = 1
+    training_samples: str = "window"
+    mask_seen_items: bool = False
+    adam_beta2: float = 0.98
+    grad_clip_norm: Optional[float] = None
 
     @property
     def num_positions(self) -> int:
@@ -199,7 +214,17 @@ class TrainConfig:
         for name in ("learning_rate", "temperature", "l2_norm_eps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train_fn.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("item_l2_norm", "enable_tf32", "deterministic", "length_bucketed_batches", "autocast_bf16"):
+        _require("training_samples", self.training_samples, TRAINING_SAMPLES)
+        _require_number("adam_beta2", self.adam_beta2)
+        if not 0.0 <= self.adam_beta2 < 1.0:
+            raise ConfigError(f"train_fn.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
+        if self.grad_clip_norm is not None:
+            _require_number("grad_clip_norm", self.grad_clip_norm)
+            if self.grad_clip_norm <= 0:
+                raise ConfigError(f"train_fn.grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
+        for name in (
+            "item_l2_norm", "enable_tf32", "deterministic", "length_bucketed_batches", "autocast_bf16", "mask_seen_items"
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train_fn.{name} must be True or False, got {getattr(self, name)!r}")
         if self.with_text != (self.text_embedding_model is not None):
@@ -225,7 +250,9 @@ class TrainConfig:
                     f"train_fn.eval_protocol = \"{self.eval_protocol}\": {self.main_module} (a CTR model) trains "
                     "under the validated protocol only (its validation split selects the epoch)"
                 )
-            for name in ("cold_item_share", "length_bucketed_batches"):
+            if self.training_samples != "window":
+                raise ConfigError(f"train_fn.training_samples is for retrieval models; drop it for {self.main_module}")
+            for name in ("cold_item_share", "length_bucketed_batches", "mask_seen_items"):
                 if getattr(self, name):
                     raise ConfigError(f"train_fn.{name} is for retrieval models; drop it for {self.main_module}")
         if self.cold_item_share is not None:

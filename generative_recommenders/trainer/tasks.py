@@ -25,6 +25,7 @@ import torch
 from generative_recommenders.data.cold_items import split_cold_items, training_item_counts
 from generative_recommenders.data.ctr import CTRView, collate_ctr, read_item_categories
 from generative_recommenders.data.dataset import collate_sequences
+from generative_recommenders.data.per_position import PerPositionView, SeenItemsView, collate_with_seen_items
 from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.evaluation.classification import (
     CTR_METRIC_NAMES,
@@ -63,6 +64,7 @@ class TaskViews:
     collate: Callable[[List[Any]], Dict[str, torch.Tensor]]
     header: Dict[str, Any]  # what results.json says about the views
     num_categories: int = 0
+    num_users: int = 0  # the CTR models' user-id field (0: the model has none)
 
 
 @dataclasses.dataclass
@@ -101,9 +103,15 @@ class RetrievalTask:
             self.negative_item_ids = torch.from_numpy(np.setdiff1d(catalogue, split.cold_item_ids))
             views.train = protocol_views(train_data, config.max_sequence_length, config.eval_protocol).train
             header["cold_item_split"] = split.summary()
+        if config.training_samples == "per_position":  # GRE-B: one sample per training position
+            views.train = PerPositionView(train_data, config.max_sequence_length, views.train.ignore_last_n)
         self.item_counts = training_item_counts(train_data, num_held_out)
         header["skipped_users"] = {"train": views.train.num_skipped_users, "eval": views.eval.num_skipped_users}
-        return TaskViews(views.train, views.eval, views.test, views.eval_split, collate_sequences, header)
+        header["training_samples"] = {"kind": config.training_samples, "count": len(views.train)}
+        collate = collate_sequences
+        if config.mask_seen_items:  # GRE-B: every item before the target leaves the ranking
+            views.eval, views.test, collate = SeenItemsView(views.eval), SeenItemsView(views.test), collate_with_seen_items
+        return TaskViews(views.train, views.eval, views.test, views.eval_split, collate, header)
 
     def loss(self, model_name: str, device: torch.device) -> Callable[..., torch.Tensor]:
         """The model's training loss; with a cold-item split, uniform negatives leave the cold items out
@@ -118,13 +126,17 @@ class RetrievalTask:
                 temperature=config.temperature,
                 **negatives,
             )
+        last_only = config.training_samples == "per_position"  # the loss at each sample's target only
         if model_name == "DSSM":
-            return functools.partial(dssm_training_loss, num_negatives=config.num_negatives, **negatives)
+            return functools.partial(
+                dssm_training_loss, num_negatives=config.num_negatives, last_position_only=last_only, **negatives
+            )
         return functools.partial(
             binary_cross_entropy_loss,
             num_negatives=config.num_negatives,
             temperature=config.temperature,
             item_l2_norm=config.item_l2_norm,
+            last_position_only=last_only,
             **negatives,
         )
 
@@ -142,13 +154,15 @@ class RetrievalTask:
         max_batches: Optional[int] = None,
     ) -> Evaluation:
         """Full-ranking metrics of ``loader``'s users, summed over every rank. Under the reference protocol a
-        target that repeats a history item is a miss, as the paper's evaluation has it; under the validated
+        target that repeats a history item is a miss, as the paper's evaluation has it, and so with
+        ``mask_seen_items`` (GRE-B: every item before the target is removed); under the validated
         protocol it is ranked (a user who buys the same item again was predicted well if it ranks high)."""
         config = self.config
         groups = self._target_groups(model.num_items)
+        repeated = "rank" if config.validated and not config.mask_seen_items else "miss"
         accumulator = evaluate_ranking(
             model, loader, context.device, config.rank_cap, max_batches=max_batches,
-            repeated_target="rank" if config.validated else "miss", target_groups=groups,
+            repeated_target=repeated, target_groups=groups,
         )
         accumulator = reduce_metrics(accumulator, context)
         keys = (POPULARITY_GROUPS_KEY, COLD_ITEMS)
@@ -193,7 +207,7 @@ class CTRTask:
             "num_categories": train.num_categories,
             "samples": {"train": len(train), "valid": len(valid), "test": len(test)},
         }
-        return TaskViews(train, valid, test, "valid", collate_ctr, header, train.num_categories)
+        return TaskViews(train, valid, test, "valid", collate_ctr, header, train.num_categories, data.num_users)
 
     def loss(self, model_name: str, device: torch.device) -> Callable[..., torch.Tensor]:
         del model_name, device  # every CTR model: binary cross-entropy on the labels

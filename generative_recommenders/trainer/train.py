@@ -111,7 +111,11 @@ def create_data_loader(
 
 
 def model_inputs(
-    config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor], num_categories: int = 0
+    config: TrainConfig,
+    num_items: int,
+    text_embeddings: Optional[torch.Tensor],
+    num_categories: int = 0,
+    num_users: int = 0,
 ) -> ModelInputs:
     """What the model registry's builders get from a run's config and data."""
     return ModelInputs(
@@ -126,6 +130,7 @@ def model_inputs(
         attention_backend=config.attention_backend,
         jagged_backend=config.jagged_backend,
         num_categories=num_categories,
+        num_users=num_users,
     )
 
 
@@ -226,13 +231,13 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
     )
     eval_loader = create_data_loader(views.eval, config.eval_batch_size, eval_order, collate_fn=views.collate)
 
-    inputs = model_inputs(config, data.num_items, text_embeddings, views.num_categories)
+    inputs = model_inputs(config, data.num_items, text_embeddings, views.num_categories, views.num_users)
     model = build_model(config.main_module, inputs).to(device)
     # Same initial weights on every rank (seeded above); from here each rank draws its own
     # negatives and dropout masks.
     seed_everything(process_seed(config.random_seed, context))
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay
+        model.parameters(), lr=config.learning_rate, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay
     )
     if config.lr_plateau_factor is None:
         scheduler, plateau = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(config.num_warmup_steps)), None
@@ -381,12 +386,14 @@ def train_step(
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
     context: DistributedContext,
     autocast_bf16: bool = False,
+    grad_clip_norm: Optional[float] = None,
 ) -> float:
     """One optimizer step on ``batch``; returns the loss (averaged over the ranks, so that all stop together).
 
     ``train_module`` is :func:`~distributed.wrap_for_training`'s: called with
     ``(batch, device)`` it returns the loss. ``scheduler`` (if any) steps after
-    the optimizer. ``autocast_bf16`` runs the forward in bfloat16 autocast on CUDA.
+    the optimizer. ``autocast_bf16`` runs the forward in bfloat16 autocast on CUDA;
+    ``grad_clip_norm`` clips the gradients' total norm before the step.
     """
     device = context.device
     optimizer.zero_grad(set_to_none=True)
@@ -398,6 +405,9 @@ def train_step(
             f"the training loss became {loss_value}; lower train_fn.learning_rate or raise train_fn.num_warmup_steps"
         )
     loss.backward()
+    if grad_clip_norm is not None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -415,7 +425,10 @@ def train_epoch(run: TrainingRun, progress: Progress) -> None:
     for batch in bar:
         lr = run.optimizer.param_groups[0]["lr"]
         try:
-            loss = train_step(run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16)
+            loss = train_step(
+                run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16,
+                config.grad_clip_norm,
+            )
         except TrainingDiverged as error:
             raise TrainingDiverged(f"{error} (epoch {epoch}, step {progress.step})") from None
         progress.epoch_losses.append(loss)
@@ -594,6 +607,10 @@ def train_fn(
     cold_item_share: Optional[float] = None,
     lr_plateau_factor: Optional[float] = None,
     lr_plateau_patience: int = 1,
+    training_samples: str = "window",
+    mask_seen_items: bool = False,
+    adam_beta2: float = 0.98,
+    grad_clip_norm: Optional[float] = None,
     resume: bool = False,
     overwrite: bool = False,
     context: Optional[DistributedContext] = None,
