@@ -280,3 +280,32 @@ def test_a_seen_item_is_never_ranked_nor_counted():
     windowed = collate_sequences([SequenceView(data, 2, ignore_last_n=0)[i] for i in range(3)])
     _, _, capped = next(user_target_ranks(model, [windowed], CPU))
     assert capped.tolist()[0] == 4  # the project's window mask leaves ids 1-3 rankable
+
+
+# --- GRE-B's text ---------------------------------------------------------------------------------------------
+
+
+def test_greb_amazon_text_is_title_dot_features_then_description():
+    from generative_recommenders.text.item_text import item_texts
+
+    record = {"item_id": "B1", "title": "Stapler <b>Pro</b>", "features": ["Metal body", "20 sheets"],
+              "description": ["Staples paper."], "categories": ["Office", "Staplers"], "price": 9.5}
+    # GRE-B's filter.py: title + ". " + features + description (no separator before the description).
+    assert item_texts([record], "greb_amazon") == ["Stapler Pro. Metal body 20 sheetsStaples paper."]
+    assert item_texts([{"item_id": "B2", "title": "Pen"}], "greb_amazon") == ["Pen."]
+
+
+def test_gre_encoders_pool_with_cls_unnormalized(monkeypatch):
+    from generative_recommenders.text import encoders
+
+    built = {}
+
+    class Recorder:
+        def __init__(self, model, **settings):
+            built[model] = settings
+
+    monkeypatch.setattr(encoders, "HFTextEncoder", Recorder)
+    for size in ("small", "base", "large"):
+        encoders.get_text_encoder(f"gre-{size}")
+    assert {model: (s["pooling"], s["normalize"]) for model, s in built.items()} == {
+        f"pepsiness/gre-{size}": ("cls", False) for size in ("small", "base", "large")}
