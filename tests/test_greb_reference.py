@@ -169,7 +169,7 @@ def post_ln_sasrec(model, ids, length):
     """RecStudio's SASRec query at the last position, written out: x = emb + pos; per block
     x = LN1(x + MHA(x)), x = LN2(x + W2 gelu(W1 x)); no final norm."""
     x = model.item_embedding.weight.weight[ids[:length]] + model.position_embedding.weight[:length]
-    for block in model.transformer.layers:
+    for block in model.encoder.layers:
         attention = block.self_attn
         heads, dim = attention.num_heads, x.size(1)
         q, k, v = (x @ w.T + b for w, b in zip(attention.in_proj_weight.chunk(3), attention.in_proj_bias.chunk(3)))
@@ -189,7 +189,7 @@ def test_greb_sasrec_user_embedding_follows_recstudios_formula():
     ids, lengths = torch.tensor([[3, 7, 1, 0, 0], [9, 2, 5, 6, 4]]), torch.tensor([3, 5])
     expected = torch.stack([post_ln_sasrec(model, ids[b], int(lengths[b])) for b in range(2)])
     torch.testing.assert_close(model.query_embeddings(ids, lengths, torch.zeros_like(ids)), expected)
-    assert model.transformer.layers[0].norm1.eps == 1e-12 and not model.transformer.layers[0].norm_first
+    assert model.encoder.layers[0].norm1.eps == 1e-12 and not model.encoder.layers[0].norm_first
 
 
 def test_greb_sasrec_starts_from_recstudios_normal_initialization():
@@ -197,8 +197,8 @@ def test_greb_sasrec_starts_from_recstudios_normal_initialization():
     model = GREBSASRec(ItemEmbedding(2000, 64), num_positions=21)
     item_table = model.item_embedding.weight.weight
     assert abs(item_table[1:].std().item() - 0.02) < 0.001 and item_table[0].abs().sum() == 0
-    assert abs(model.transformer.layers[0].linear1.weight.std().item() - 0.02) < 0.002
-    assert model.transformer.layers[0].linear1.bias.abs().sum() == 0
+    assert abs(model.encoder.layers[0].linear1.weight.std().item() - 0.02) < 0.002
+    assert model.encoder.layers[0].linear1.bias.abs().sum() == 0
 
 
 # --- GRE-B's retrieval samples and evaluation mask ----------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from generative_recommenders.data.dataset import SequenceView, collate_sequences
+from generative_recommenders.data.dataset import SequenceView, collate_sequences, example_at
 from generative_recommenders.data.sequence_format import SequenceDataset
 
 
@@ -48,18 +48,7 @@ class PerPositionView(torch.utils.data.Dataset):
         return len(self.users)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        user, target = int(self.users[index]), int(self.positions[index])
-        start = max(0, target - self.max_sequence_length)
-        items, times, ratings = self.data.item_ids[user], self.data.timestamps[user], self.data.ratings[user]
-        return {
-            "user_index": user,
-            "history_ids": items[start:target] + 1,
-            "history_timestamps": times[start:target],
-            "history_ratings": ratings[start:target],
-            "target_id": int(items[target]) + 1,
-            "target_timestamp": int(times[target]),
-            "target_rating": float(ratings[target]),
-        }
+        return example_at(self.data, int(self.users[index]), int(self.positions[index]), self.max_sequence_length)
 
 
 def seen_item_ids(items: np.ndarray, target_position: int) -> np.ndarray:

@@ -6,7 +6,7 @@ over post-LN ``TransformerEncoderLayer`` blocks (LayerNorm eps 1e-12, GELU, its
 dropout on attention weights, residuals and FFN), causal, with the padded keys
 masked, on ``Dropout(item embedding + position embedding)``; the user embedding is
 the output at the last history position, unnormalized, scored against the item
-embeddings by inner product. Every embedding and linear weight starts as
+embeddings by inner product (``SequentialRecommender``'s interface with RecStudio's ``encode``). Every embedding and linear weight starts as
 ``normal(0, 0.02)`` with zero biases (RecStudio's ``init_method: normal``; the
 attention's input projection, a bare parameter, keeps torch's Xavier-uniform).
 The item embedding is the id (``SASRec``) or id + ``ReLU(Linear(Dropout(text)))``
@@ -20,6 +20,7 @@ import torch
 
 from generative_recommenders.modeling.item_embeddings import item_embedding_module
 from generative_recommenders.modeling.registry import ModelInputs, register_model
+from generative_recommenders.modeling.sequential import SequentialRecommender
 
 
 def normal_initialization(module: torch.nn.Module, std: float = 0.02) -> None:
@@ -39,8 +40,10 @@ def normal_initialization(module: torch.nn.Module, std: float = 0.02) -> None:
 
 
 @gin.configurable("greb_sasrec")
-class GREBSASRec(torch.nn.Module):
-    """RecStudio's SASRec query encoder with its item embedding (see the module docstring)."""
+class GREBSASRec(SequentialRecommender):
+    """RecStudio's SASRec query encoder with its item embedding (see the module docstring); the
+    retrieval interface (``query_embeddings``, item embeddings, unnormalized scoring) is
+    :class:`SequentialRecommender`'s, ``encode`` RecStudio's."""
 
     def __init__(
         self,
@@ -53,13 +56,8 @@ class GREBSASRec(torch.nn.Module):
         activation: str = "gelu",
         layer_norm_eps: float = 1e-12,
     ) -> None:
-        super().__init__()
-        self.item_embedding = item_embedding
-        self.embedding_dim = item_embedding.embedding_dim
-        self.num_positions = num_positions
-        self.position_embedding = torch.nn.Embedding(num_positions, self.embedding_dim)
         layer = torch.nn.TransformerEncoderLayer(
-            d_model=self.embedding_dim,
+            d_model=item_embedding.embedding_dim,
             nhead=num_heads,
             dim_feedforward=ffn_hidden_dim,
             dropout=dropout_rate,
@@ -68,27 +66,12 @@ class GREBSASRec(torch.nn.Module):
             batch_first=True,
             norm_first=False,
         )
-        self.transformer = torch.nn.TransformerEncoder(layer, num_layers=num_blocks, enable_nested_tensor=False)
-        self.input_dropout = torch.nn.Dropout(dropout_rate)
+        encoder = torch.nn.TransformerEncoder(layer, num_layers=num_blocks, enable_nested_tensor=False)
+        super().__init__(item_embedding, encoder, num_positions, dropout_rate, item_l2_norm=False)
         self.apply(normal_initialization)
         self.encoder_description = (
             f"GREBSASRec-b{num_blocks}-h{num_heads}-ffn{ffn_hidden_dim}-{activation}-d{dropout_rate}"
         )
-
-    @property
-    def num_items(self) -> int:
-        return self.item_embedding.num_items
-
-    def item_embeddings(self, item_ids: torch.Tensor) -> torch.Tensor:
-        return self.item_embedding(item_ids)
-
-    def all_item_embeddings(self) -> torch.Tensor:
-        """Embeddings of ids ``0..num_items`` (row 0 is padding)."""
-        ids = torch.arange(self.num_items + 1, device=self.position_embedding.weight.device)
-        return self.item_embeddings(ids)
-
-    def normalize_items(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return embeddings  # inner-product scores on the raw embeddings
 
     def encode(
         self,
@@ -97,24 +80,14 @@ class GREBSASRec(torch.nn.Module):
         timestamps: torch.Tensor,
         input_embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-position outputs ``[B, L, D]`` of right-padded ``item_ids [B, L]`` (``lengths`` real items)."""
+        """Per-position outputs ``[B, L, D]`` of right-padded ``item_ids [B, L]`` (``lengths`` real items):
+        ``TransformerEncoder(Dropout(items + positions))``, causal, padded keys masked, no norm after."""
         del timestamps  # positions only
-        if input_embeddings is None:
-            input_embeddings = self.item_embeddings(item_ids)
-        length = item_ids.size(1)
-        if length > self.num_positions:
-            raise ValueError(f"batch padded to {length} exceeds num_positions {self.num_positions}")
-        positions = torch.arange(length, device=item_ids.device)
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=item_ids.device), 1)
+        input_embeddings, positions = self.inputs_and_positions(item_ids, input_embeddings)
+        causal = torch.triu(torch.ones(len(positions), len(positions), dtype=torch.bool, device=item_ids.device), 1)
         padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)
         x = self.input_dropout(input_embeddings + self.position_embedding(positions))
-        return self.transformer(x, mask=causal, src_key_padding_mask=padding)
-
-    def query_embeddings(self, item_ids: torch.Tensor, lengths: torch.Tensor, timestamps: torch.Tensor) -> torch.Tensor:
-        """The output at the last history position: ``[B, D]``."""
-        encoded = self.encode(item_ids, lengths, timestamps)
-        index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, encoded.size(-1))
-        return encoded.gather(1, index).squeeze(1)
+        return self.encoder(x, mask=causal, src_key_padding_mask=padding)
 
     def description(self) -> str:
         return f"{self.encoder_description}-{self.item_embedding.description}"
