@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
-import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import gin
 from absl import app, flags
 
-from generative_recommenders.errors import UserError, one_line
+from generative_recommenders.errors import UserError, exit_with_error
 from generative_recommenders.logs import configure_logging
 from generative_recommenders.trainer.config import bound_parameter, parse_gin
 from generative_recommenders.trainer.distributed import DistributedContext, launch
@@ -124,9 +122,7 @@ def main(argv: List[str]) -> None:
         _main(argv)
     except (UserError, OSError, RuntimeError) as error:
         # A user's mistake, a file that cannot be written, or a failed training process: one line.
-        if flags.FLAGS.debug:
-            traceback.print_exc()
-        sys.exit(f"main.py: {one_line(error)}" + ("" if flags.FLAGS.debug else " (details: --debug)"))
+        exit_with_error("main.py", error, flags.FLAGS.debug)
 
 
 if __name__ == "__main__":

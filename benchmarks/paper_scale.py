@@ -57,6 +57,7 @@ from generative_recommenders.text.embedding_store import (  # noqa: E402
     read_item_texts,
 )
 from generative_recommenders.trainer import train  # noqa: E402
+from generative_recommenders.trainer.assembly import model_inputs  # noqa: E402
 
 ROOT = BENCHMARKS.parent
 DATASET = "amzn23_office"
@@ -165,7 +166,7 @@ def full_evaluation(config: str, bindings: List[str], data_root: Path, checkpoin
         else None
     )
     max_length = settings.max_sequence_length
-    model = build_model(settings.main_module, train.model_inputs(settings, data.num_items, text))
+    model = build_model(settings.main_module, model_inputs(settings, data.num_items, text))
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
     loader = torch.utils.data.DataLoader(
         SequenceView(data, max_length, ignore_last_n=0), batch_size=settings.eval_batch_size,

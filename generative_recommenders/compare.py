@@ -33,7 +33,6 @@ import glob
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -44,10 +43,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from generative_recommenders.atomic_files import atomic_path, atomic_write_text
-from generative_recommenders.errors import UserError
+from generative_recommenders.errors import UserError, run_command
+from generative_recommenders.logs import configure_logging, get_logger
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
 from generative_recommenders.evaluation.target_groups import COLD_ITEMS, POPULARITY_GROUPS
 from generative_recommenders.trainer.run_log import RESULTS_FILE
+
+logger = get_logger(__name__)
 
 COLUMNS = DEFAULT_REPORTED
 CURVE_METRIC = "ndcg@10"
@@ -190,10 +192,10 @@ def load_runs(arguments: Iterable[os.PathLike]) -> List[Run]:
         if not isinstance(results, dict) or "protocol" not in results or "evaluations" not in results:
             raise CompareError(f"{path}: not a results file of this trainer")
         if not results.get("finished"):
-            print(f"skipping {path.parent}: unfinished (no final test evaluation yet)", file=sys.stderr)
+            logger.warning("skipping %s: unfinished (no final test evaluation yet)", path.parent)
             continue
         if results.get("task") == "ctr":
-            print(f"skipping {path.parent}: a CTR run (AUC/Logloss; the GRE-B table shows it)", file=sys.stderr)
+            logger.warning("skipping %s: a CTR run (AUC/Logloss; the GRE-B table shows it)", path.parent)
             continue
         runs.append(Run(path.parent, results))
     if not runs:
@@ -522,23 +524,25 @@ def write_outputs(tables: Sequence[Table], output_dir: Path) -> List[Path]:
     return paths
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m generative_recommenders.compare", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("runs", nargs="+", help="run folders, results.json files, folders holding them, or globs")
     parser.add_argument("--output_dir", help="where the .md, .csv and .png go (default: the runs' common folder)")
     parser.add_argument("--hstu_baseline", help="the HSTU row's run name, where several HSTU runs qualify")
     parser.add_argument("--sasrec_baseline", help="the SASRec row's run name, where several SASRec runs qualify")
     args = parser.parse_args(argv)
-    try:
-        runs = load_runs(args.runs)
-        tables = build_tables(runs, {"HSTU": args.hstu_baseline, "SASRec": args.sasrec_baseline})
-    except CompareError as e:
-        sys.exit(f"compare: {e}")
+    configure_logging()
+    runs = load_runs(args.runs)
+    tables = build_tables(runs, {"HSTU": args.hstu_baseline, "SASRec": args.sasrec_baseline})
     print(format_text(tables))
     output_dir = Path(args.output_dir or os.path.commonpath([str(run.folder.parent) for run in runs]))
     for path in write_outputs(tables, output_dir):
         print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_command("compare", main)

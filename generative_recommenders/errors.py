@@ -49,6 +49,14 @@ def one_line(error: BaseException) -> str:
     return "\n".join(line for line in lines if not line.strip().startswith("In call to configurable"))
 
 
+def exit_with_error(program: str, error: BaseException, debug: bool) -> NoReturn:
+    """``program: message`` on stderr (the traceback first under ``debug``), exit status 1."""
+    if debug:
+        traceback.print_exc()
+    print(f"{program}: {one_line(error)}" + ("" if debug else f" (details: {DEBUG_FLAG})"), file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 def run_command(program: str, main: Callable[[List[str]], Optional[int]], argv: Optional[List[str]] = None) -> NoReturn:
     """Runs a command line's ``main(argv)`` and exits with its status.
 
@@ -62,10 +70,7 @@ def run_command(program: str, main: Callable[[List[str]], Optional[int]], argv: 
     try:
         status = main(argv)
     except (UserError, OSError) as error:
-        if debug:
-            traceback.print_exc()
-        print(f"{program}: {one_line(error)}" + ("" if debug else f" (details: {DEBUG_FLAG})"), file=sys.stderr, flush=True)
-        sys.exit(1)
+        exit_with_error(program, error, debug)
     except KeyboardInterrupt:
         print(f"{program}: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -11,9 +11,14 @@ checks every encoder and setting before anything trains, trains every
 (a finished run is not trained again: the trainer returns its results) and
 writes ``greb.md``, ``greb.csv`` and ``greb.png`` to ``--output_dir``.
 
+GRE-B's models are the configs in ``configs/greb/`` (``<model>.gin``, with
+text ``<model>-text.gin``); each trains a registered model, whose registration
+gives its name in the tables and its task.
+
 A results record is one trained (dataset, encoder, model, seed)::
 
     {"dataset": "ml100k", "encoder": "minilm", "model": "dssm", "seed": 1,
+     "title": "DSSM", "task": "retrieval",          # the registered model and its task
      "test": {"ndcg@10": ..., "hr@10": ..., ...} or {"auc": ..., "logloss": ...},
      "popularity_groups": {"head": {"ndcg@10": ..., ...}, "torso": ..., "tail": ..., "groups": ...},
      "cold_items": {"cold_items": {"ndcg@10": ..., ...}, "groups": ...},   # optional
@@ -41,9 +46,6 @@ from generative_recommenders.atomic_files import atomic_path, atomic_write_text
 from generative_recommenders.errors import UserError, run_command
 from generative_recommenders.evaluation.target_groups import COLD_ITEMS, POPULARITY_GROUPS
 
-RETRIEVAL_MODELS = ("sasrec", "dssm", "hstu")
-RANKING_MODELS = ("din", "deepfm")
-MODEL_TITLES = {"sasrec": "SASRec", "dssm": "DSSM", "hstu": "HSTU", "din": "DIN", "deepfm": "DeepFM"}
 # (metric key in the records, column title, higher is better)
 RETRIEVAL_METRICS = (("ndcg@10", "NDCG@10", True), ("hr@10", "Recall@10", True))
 RANKING_METRICS = (("auc", "AUC", True), ("logloss", "Logloss", False))
@@ -56,13 +58,26 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "greb"
 
 
-def _metrics_of(model: str) -> Tuple[Tuple[str, str, bool], ...]:
-    return RANKING_METRICS if model in RANKING_MODELS else RETRIEVAL_METRICS
+TASK_METRICS = {"retrieval": RETRIEVAL_METRICS, "ctr": RANKING_METRICS}
 
 
-def _values(record: Dict[str, Any], model: str) -> Dict[str, float]:
+def greb_models(config_dir: Path = CONFIG_DIR) -> Dict[str, Any]:
+    """GRE-B's models: ``{key: ModelSpec}`` for each ``<key>.gin`` of ``config_dir``, the registered
+    model that config trains; retrieval models first."""
+    from generative_recommenders.modeling.registry import model_spec
+    from generative_recommenders.trainer.config import bound_parameter, parse_gin
+
+    models = {}
+    for path in sorted(config_dir.glob("*.gin")):
+        if not path.stem.endswith("-text"):
+            parse_gin([str(path)], [])
+            models[path.stem] = model_spec(bound_parameter("train_fn.main_module", "HSTU"))
+    return dict(sorted(models.items(), key=lambda item: item[1].task != "retrieval"))
+
+
+def _values(record: Dict[str, Any]) -> Dict[str, float]:
     """The record's metrics as flat columns: test metrics, then ``<group>/<metric>`` of :data:`GROUP_METRICS`."""
-    out = {key: float(record["test"][key]) for key, _, _ in _metrics_of(model)}
+    out = {key: float(record["test"][key]) for key, _, _ in TASK_METRICS[record["task"]]}
     groups = {**record.get("popularity_groups", {}), **record.get("cold_items", {})}
     for metric, _ in GROUP_METRICS:
         for group in (*POPULARITY_GROUPS, COLD_ITEMS):
@@ -78,21 +93,26 @@ def summarize(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per (dataset, encoder, model): ``num_seeds``, each metric's mean and ``<metric>_std``.
 
     The std is over seeds (sample std, 0 for a single seed). Rows are sorted by
-    dataset, then encoder (``none`` first), then model in GRE-B's order.
+    dataset, then encoder (``none`` first), then model: retrieval models first,
+    each task's models in the order they first appear.
     """
     grouped: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = defaultdict(list)
     for record in records:
         grouped[(record["dataset"], record["encoder"], record["model"])].append(record)
-    order = {m: i for i, m in enumerate(RETRIEVAL_MODELS + RANKING_MODELS)}
+    order = {m: (runs[0]["task"] != "retrieval", i) for i, (m, runs) in enumerate(
+        {key[2]: runs for key, runs in grouped.items()}.items())}
     rows = []
     for (dataset, encoder, model), runs in sorted(
-        grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] != NAIVE, kv[0][1], order.get(kv[0][2], 99))
+        grouped.items(), key=lambda kv: (kv[0][0], kv[0][1] != NAIVE, kv[0][1], order[kv[0][2]])
     ):
         seeds = sorted(run["seed"] for run in runs)
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{dataset}/{encoder}/{model}: seed listed twice in {seeds}")
-        values = [_values(run, model) for run in runs]
-        row: Dict[str, Any] = {"dataset": dataset, "encoder": encoder, "model": model, "num_seeds": len(runs)}
+        values = [_values(run) for run in runs]
+        row: Dict[str, Any] = {
+            "dataset": dataset, "encoder": encoder, "model": model, "title": runs[0]["title"],
+            "task": runs[0]["task"], "num_seeds": len(runs),
+        }
         for key in values[0]:
             column = np.array([v[key] for v in values if key in v])
             row[key] = float(column.mean())
@@ -163,20 +183,20 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
     ]
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
         subset = [row for row in rows if row["dataset"] == dataset]
-        models = [m for m in RETRIEVAL_MODELS + RANKING_MODELS if any(r["model"] == m for r in subset)]
+        models = _models(subset)
         columns = [
-            (model, key, f"{MODEL_TITLES[model]} {title}", higher)
-            for model in models
-            for key, title, higher in _metrics_of(model)
+            (model, key, f"{row['title']} {title}", higher)
+            for model, row in models.items()
+            for key, title, higher in TASK_METRICS[row["task"]]
         ]
         lines += ["", f"## {dataset}", ""] + _table(subset, columns)
         if any(r.get("has_categories") is False for r in subset):
             lines += ["", "This dataset has no item categories: DIN and DeepFM run without that field."]
         for metric, title in GROUP_METRICS:
             group_columns = [
-                (model, f"{group}/{metric}", f"{MODEL_TITLES[model]} {group}", True)
-                for model in models
-                if model in RETRIEVAL_MODELS
+                (model, f"{group}/{metric}", f"{row['title']} {group}", True)
+                for model, row in models.items()
+                if row["task"] == "retrieval"
                 for group in (*POPULARITY_GROUPS, COLD_ITEMS)
                 if any(f"{group}/{metric}" in r for r in subset if r["model"] == model)
             ]
@@ -192,7 +212,7 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
                 ] + _table(subset, group_columns)
         lines += _group_boundaries(subset)
         times = [
-            f"{MODEL_TITLES[r['model']]} ({r['encoder']}) {r[TIME_COLUMN]:.1f} s"
+            f"{r['title']} ({r['encoder']}) {r[TIME_COLUMN]:.1f} s"
             + (f" × {r[EPOCHS_COLUMN]:.0f}" if EPOCHS_COLUMN in r else "")
             for r in subset if TIME_COLUMN in r
         ]
@@ -200,6 +220,14 @@ def markdown_text(rows: Sequence[Dict[str, Any]]) -> str:
             lines += ["", "Training time per epoch × epochs trained (mean over seeds; early stopping ends a run): "
                       + ", ".join(times) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _models(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The models of ``rows`` in table order, each with one of its rows (its title and task)."""
+    models: Dict[str, Dict[str, Any]] = {}
+    for row in rows:
+        models.setdefault(row["model"], row)
+    return dict(sorted(models.items(), key=lambda item: item[1]["task"] != "retrieval"))
 
 
 def _chance(metric: str, rows: Sequence[Dict[str, Any]]) -> str:
@@ -231,17 +259,17 @@ def plot_greb(rows: Sequence[Dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(7, 3 * len(datasets)), layout="constrained")
     for ax, dataset in zip(np.atleast_1d(figure.subplots(len(datasets), 1)), datasets):
         subset = [r for r in rows if r["dataset"] == dataset]
-        models = [m for m in RETRIEVAL_MODELS + RANKING_MODELS if any(r["model"] == m for r in subset)]
+        models = _models(subset)
         encoders = list(dict.fromkeys(r["encoder"] for r in subset))
         width = 0.8 / len(encoders)
         for e, encoder in enumerate(encoders):
             by_model = {r["model"]: r for r in subset if r["encoder"] == encoder}
-            keys = [_metrics_of(m)[0][0] for m in models]
+            keys = [TASK_METRICS[row["task"]][0][0] for row in models.values()]
             values = [by_model[m][k] if m in by_model else np.nan for m, k in zip(models, keys)]
             errors = [by_model[m][f"{k}_std"] if m in by_model else 0 for m, k in zip(models, keys)]
             ax.bar(np.arange(len(models)) + e * width, values, width, yerr=errors, label=encoder)
         ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
-        ax.set_xticklabels([f"{MODEL_TITLES[m]}\n{_metrics_of(m)[0][1]}" for m in models])
+        ax.set_xticklabels([f"{row['title']}\n{TASK_METRICS[row['task']][0][1]}" for row in models.values()])
         ax.set_title(dataset)
         ax.legend(fontsize=8)
     with atomic_path(path) as tmp:
@@ -281,7 +309,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--local_dir", action="append", default=[], type=Path,
                         help="a local-format folder (interactions.csv + items.jsonl), named by its folder (repeatable)")
     parser.add_argument("--encoders", default="none,minilm", help="text encoders; none is the id-only model")
-    parser.add_argument("--models", default=",".join(RETRIEVAL_MODELS + RANKING_MODELS))
+    parser.add_argument("--models", help="configs of configs/greb/ by name (default: every one)")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--epochs", type=int, help="caps every model's epochs (a quick look)")
     parser.add_argument("--ctr_epochs", type=int, help="caps the CTR models' (DIN, DeepFM) epochs (default --epochs)")
@@ -292,10 +320,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path, default=Path("exps/greb"))
     args = parser.parse_args(argv)
     args.encoders = _names(args.encoders, "--encoders")
-    args.models = _names(args.models, "--models")
-    unknown = [m for m in args.models if m not in MODEL_TITLES]
+    known = greb_models()
+    args.models = list(known) if args.models is None else _names(args.models, "--models")
+    unknown = [m for m in args.models if m not in known]
     if unknown:
-        raise GrebError(f"--models: {', '.join(unknown)} is not a GRE-B model; choose from {', '.join(MODEL_TITLES)}")
+        raise GrebError(f"--models: {', '.join(unknown)} is not a GRE-B model; choose from {', '.join(known)}")
+    args.tasks = {model: known[model].task for model in args.models}
     try:
         args.seeds = [int(seed) for seed in _names(args.seeds, "--seeds")]
     except ValueError:
@@ -375,10 +405,11 @@ def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: st
     ]
     if encoder != NAIVE:
         bindings.append(f'train_fn.text_embedding_model = "{encoder}"')
-    epochs = args.ctr_epochs if model in RANKING_MODELS and args.ctr_epochs is not None else args.epochs
+    ranking = args.tasks[model] == "ctr"
+    epochs = args.ctr_epochs if ranking and args.ctr_epochs is not None else args.epochs
     if epochs is not None:
         bindings.append(f"train_fn.num_epochs = {epochs}")
-    if args.cold_item_share is not None and model in RETRIEVAL_MODELS:  # CTR samples have no cold split
+    if args.cold_item_share is not None and not ranking:  # CTR samples have no cold split
         bindings.append(f"train_fn.cold_item_share = {args.cold_item_share}")
     return bindings + list(args.gin_bindings)
 
@@ -410,6 +441,7 @@ def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str,
     """A trainer results record as the tables read it."""
     record = {
         "dataset": dataset, "encoder": encoder, "model": model, "seed": seed,
+        "title": results["config"]["main_module"], "task": results["task"],
         "test": results["best"]["test"],
         TIME_COLUMN: results["train_seconds"] / max(1, results["epochs_trained"]),
         EPOCHS_COLUMN: results["epochs_trained"],

@@ -18,8 +18,9 @@ time (asked right after the last interaction). Without timestamps a history
 gets ordinal positions ``0..n-1``, as datasets without times are prepared.
 
 Cold items: an item is cold when it appears in no training example of the
-run's protocol (under ``validated``, an item seen only as some user's last
-two items or before their history window). Its id embedding never learned
+run (under ``validated``, an item seen only as some user's last two items or
+before their history window, and every item a ``cold_item_share`` split held
+out; the run is assembled as training assembled it, ``trainer/assembly.py``). Its id embedding never learned
 anything, so an id-only model leaves cold items out of recommendations and
 gives them a NaN score; a model with text (``add``, ``gate``, ``concat``,
 ``text_only``) scores them from their text embedding and includes them,
@@ -47,14 +48,14 @@ import torch
 
 from generative_recommenders.data.ctr import ItemCategories, read_item_categories
 from generative_recommenders.data.dataset import collate_sequences
-from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
+from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
-from generative_recommenders.modeling.registry import build_model, model_task
+from generative_recommenders.modeling.registry import RetrievalModel
 from generative_recommenders.retrieval import INDEX_KINDS, ItemIndex, exact_top_k, load_or_build_index
-from generative_recommenders.text.embedding_store import load_dataset_text_embeddings, read_item_texts
+from generative_recommenders.text.embedding_store import read_item_texts
+from generative_recommenders.trainer.assembly import Assembly, assemble
 from generative_recommenders.trainer.config import TrainConfig
-from generative_recommenders.trainer.protocol import protocol_views
 from generative_recommenders.trainer.run_log import RESULTS_FILE
 
 WEIGHTS = {"best": "best_model.pt", "last": "last_model.pt"}
@@ -65,6 +66,10 @@ QUERY_BATCH = 256
 PAIR_BATCH = 4096
 
 Ids = Union[str, int, Sequence[Union[str, int]]]
+# A history to score from: (0-based items oldest first, their timestamps, the request time).
+History = Tuple[np.ndarray, np.ndarray, int]
+# Ranked items: (0-based items best first, their scores).
+Ranked = Tuple[np.ndarray, np.ndarray]
 
 
 class RecommenderError(UserError):
@@ -88,12 +93,17 @@ class Scores(NamedTuple):
 
 
 def _run_config(results: Dict[str, Any], results_path: Path) -> TrainConfig:
-    """The checked config the run trained with (results.json's ``config``)."""
+    """The checked config the run trained with (results.json's ``config``), with the automatic ops
+    backends: every backend computes the same values, the device decides."""
     if not isinstance(results.get("config"), dict):
         raise RecommenderError(
             f"{results_path}: holds no config (written before runs recorded theirs); train the run again"
         )
-    return TrainConfig(**results["config"])
+    try:
+        config = TrainConfig(**results["config"])
+    except TypeError as error:
+        raise RecommenderError(f"{results_path}: its config is not this version's ({error}); train the run again") from None
+    return dataclasses.replace(config, attention_backend="auto", jagged_backend="auto")
 
 
 @contextlib.contextmanager
@@ -114,29 +124,181 @@ def _bound_gin_config(results: Dict[str, Any]) -> Iterator[None]:
                 gin.parse_config(previous)
 
 
-def _build_model_for_run(
-    results: Dict[str, Any], config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor],
-    device: torch.device, num_categories: int = 0, num_users: int = 0,
-) -> torch.nn.Module:
-    """The run's untrained model, built by the model registry as the trainer built it. The ops
-    backends are the automatic ones: every backend computes the same values, the device decides."""
-    from generative_recommenders.trainer.train import model_inputs
-
-    config = dataclasses.replace(config, attention_backend="auto", jagged_backend="auto")
-    with _bound_gin_config(results):
-        model = build_model(config.main_module, model_inputs(config, num_items, text_embeddings, num_categories, num_users))
-    return model.to(device)
+def _check_same_data(assembly: Assembly, results: Dict[str, Any], run_dir: Path) -> None:
+    """The data found is the run's: the same counts, and the same held-out (cold) items."""
+    data_dir, found = assembly.data_dir, {k: v for k, v in assembly.data.stats().items() if k != "name"}
+    expected = {key: results["dataset"].get(key) for key in found}
+    differences = [f"{key} {expected[key]} vs {found[key]}" for key in found if found[key] != expected[key]]
+    recorded_split = results.get("cold_item_split", {}).get("held_out_item_ids")
+    assembled_split = assembly.views.header.get("cold_item_split", {}).get("held_out_item_ids")
+    if recorded_split is not None and recorded_split != assembled_split:
+        differences.append("other held-out (cold) items")
+    if differences:
+        raise RecommenderError(
+            f"{data_dir} is not the data run {run_dir} was trained on ({', '.join(differences)}); "
+            f"pass the run's prepared folder (data_dir=..., --data_dir) or prepare that dataset again"
+        )
 
 
 def _as_list(ids: Ids) -> List[str]:
     return [str(ids)] if isinstance(ids, (str, int)) else [str(i) for i in ids]
 
 
+class EmbeddingScorer:
+    """A retrieval model's scores: a history's query embedding dotted with every item's ranking
+    embedding (the evaluation's), ranked exactly or by a faiss index saved in the run folder."""
+
+    def __init__(self, model: RetrievalModel, device: torch.device, max_sequence_length: int,
+                 index_kind: str, index_path: Path) -> None:
+        self.model, self.device, self.max_sequence_length = model, device, max_sequence_length
+        self.index_kind, self.index_path = index_kind, index_path
+        self._candidate_cache: Optional[torch.Tensor] = None
+        self._index_cache: Optional[ItemIndex] = None
+
+    @torch.no_grad()
+    def queries(self, histories: Sequence[History]) -> torch.Tensor:
+        """Query embeddings ``[B, D]``, batched as the evaluation batches them (``collate_sequences``:
+        ids + 1, the request time in the slot after the history), each history cut to its newest
+        ``max_sequence_length`` items."""
+        queries, cap = [], self.max_sequence_length
+        for begin in range(0, len(histories), QUERY_BATCH):
+            examples = [
+                {
+                    "user_index": -1,
+                    "history_ids": items[-cap:] + 1,
+                    "history_timestamps": timestamps[-cap:],
+                    "history_ratings": np.zeros(min(len(items), cap), dtype=np.float32),
+                    "target_id": 0,
+                    "target_timestamp": request_time,
+                    "target_rating": 0.0,
+                }
+                for items, timestamps, request_time in histories[begin:begin + QUERY_BATCH]
+            ]
+            batch = {key: value.to(self.device) for key, value in collate_sequences(examples).items()}
+            queries.append(
+                self.model.query_embeddings(batch["history_ids"], batch["history_lengths"], batch["history_timestamps"])
+            )
+        return torch.cat(queries)
+
+    @torch.no_grad()
+    def candidates(self) -> torch.Tensor:
+        """Every item's ranking embedding ``[num_items + 1, D]``, row 0 padding (the evaluation's)."""
+        if self._candidate_cache is None:
+            self._candidate_cache = candidate_embeddings(self.model)
+        return self._candidate_cache
+
+    def scores(self, histories: Sequence[History], items: np.ndarray) -> np.ndarray:
+        candidates = self.candidates()[torch.from_numpy(items + 1).to(self.device)]
+        return (self.queries(histories) @ candidates.T).cpu().numpy()
+
+    def _index(self) -> ItemIndex:
+        if self._index_cache is None:
+            self._index_cache = load_or_build_index(self.index_kind, self.candidates()[1:].cpu().numpy(), self.index_path)
+        return self._index_cache
+
+    def top_k(self, histories: Sequence[History], excluded: List[np.ndarray], k: int) -> List[Ranked]:
+        """Per history, the ``k`` best items but its ``excluded`` ones, a chunk of histories at a time."""
+        num_items = self.model.num_items
+        chunk = max(1, min(QUERY_BATCH, MAX_SCORES_PER_CHUNK // (num_items + 1)))
+        ranked: List[Ranked] = []
+        for begin in range(0, len(histories), chunk):
+            queries, skip = self.queries(histories[begin:begin + chunk]), excluded[begin:begin + chunk]
+            ranked += self._exact_top_k(queries, skip, k) if self.index_kind == "exact" else self._index_top_k(queries, skip, k)
+        return ranked
+
+    def _exact_top_k(self, queries: torch.Tensor, excluded: List[np.ndarray], k: int) -> List[Ranked]:
+        width = max(1, max(len(items) for items in excluded))
+        padded = torch.zeros(len(excluded), width, dtype=torch.int64)
+        for row, items in enumerate(excluded):
+            padded[row, : len(items)] = torch.from_numpy(items + 1)
+        scores, ids = exact_top_k(queries, self.candidates(), k, padded.to(self.device), MAX_SCORES_PER_CHUNK)
+        scores, ids = scores.cpu().numpy(), ids.cpu().numpy()
+        keep = np.isfinite(scores)  # an excluded item is at -inf
+        return [(ids[row][keep[row]] - 1, scores[row][keep[row]]) for row in range(len(excluded))]
+
+    def _index_top_k(self, queries: torch.Tensor, excluded: List[np.ndarray], k: int) -> List[Ranked]:
+        most_excluded = max(len(set(items.tolist())) for items in excluded)
+        scores, ids = self._index().search(queries.cpu().numpy(), min(k + most_excluded, self.model.num_items))
+        out = []
+        for row, items in enumerate(excluded):
+            keep = (ids[row] >= 0) & ~np.isin(ids[row], items)
+            out.append((ids[row][keep][:k], scores[row][keep][:k]))
+        return out
+
+    def item_embeddings(self) -> np.ndarray:
+        return self.candidates()[1:].cpu().numpy()
+
+
+class PairScorer:
+    """A ranking (CTR) model's scores: click probabilities of (history, item) pairs, every item scored
+    after the newest ``max_sequence_length`` history items (as in training); exact ranking only."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_sequence_length: int,
+                 categories: Optional[ItemCategories]) -> None:
+        self.model, self.device, self.max_sequence_length, self.categories = model, device, max_sequence_length, categories
+
+    @torch.no_grad()
+    def _pair_scores(self, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+        behaviours = torch.from_numpy(history[-self.max_sequence_length:] + 1)
+        scores = []
+        for begin in range(0, len(items), PAIR_BATCH):
+            targets = torch.from_numpy(items[begin:begin + PAIR_BATCH] + 1)
+            batch = {
+                "history_ids": behaviours.expand(len(targets), -1),
+                "history_lengths": torch.full((len(targets),), len(behaviours), dtype=torch.int64),
+                "target_ids": targets,
+            }
+            if self.categories is not None:
+                table = torch.from_numpy(self.categories.ids)
+                batch["history_categories"] = table[batch["history_ids"]]
+                batch["target_categories"] = table[targets]
+            logits = self.model({key: value.to(self.device) for key, value in batch.items()})
+            scores.append(torch.sigmoid(logits).cpu().numpy())
+        return np.concatenate(scores)
+
+    def scores(self, histories: Sequence[History], items: np.ndarray) -> np.ndarray:
+        return np.stack([self._pair_scores(history, items) for history, _, _ in histories])
+
+    def top_k(self, histories: Sequence[History], excluded: List[np.ndarray], k: int) -> List[Ranked]:
+        ranked = []
+        for (history, _, _), skip in zip(histories, excluded):
+            scores = self._pair_scores(history, np.arange(self.model.num_items)).astype(np.float64)
+            scores[skip] = -np.inf
+            top = np.argsort(-scores, kind="stable")[:k]
+            top = top[np.isfinite(scores[top])]
+            ranked.append((top, scores[top].astype(np.float32)))
+        return ranked
+
+    def item_embeddings(self) -> np.ndarray:
+        raise RecommenderError(
+            f"a ranking (CTR) model ({type(self.model).__name__}) scores (history, item) pairs and has no "
+            "user or item embeddings; use recommend or score"
+        )
+
+
+def _ctr_categories(assembly: Assembly, results: Dict[str, Any], index: str) -> Optional[ItemCategories]:
+    """The item categories a CTR run trained with (None when it used none), checked against the run."""
+    if index != "exact":
+        raise RecommenderError(
+            f"index={index!r}: a ranking (CTR) model scores every (history, item) pair, which no "
+            "faiss index serves; use the exact ranking (the default)"
+        )
+    categories = read_item_categories(assembly.data_dir, assembly.data.num_items)
+    found = 0 if categories is None else categories.num_categories
+    if found != results.get("num_categories", 0):
+        raise RecommenderError(
+            f"{assembly.data_dir}/item_metadata.jsonl gives {found} item categories, the run trained with "
+            f"{results.get('num_categories', 0)}; pass the run's prepared folder (data_dir=..., --data_dir)"
+        )
+    return categories if found else None
+
+
 @dataclass
 class Recommender:
     """A trained model with its dataset's maps and item titles; build it with :meth:`from_run`."""
 
-    model: torch.nn.Module  # a SequentialRecommender, or a CTR model when task is "ctr"
+    model: torch.nn.Module  # a RetrievalModel, or a PairScoringModel when task is "ctr"
+    scorer: Union[EmbeddingScorer, PairScorer]  # how the model scores (history, item) pairs
     data: SequenceDataset
     data_dir: Path
     run_dir: Path
@@ -147,11 +309,7 @@ class Recommender:
     uses_text: bool
     include_cold: bool  # recommend and score cold items
     device: torch.device
-    index_kind: str = "exact"
     task: str = "retrieval"  # or "ctr": the model scores (history, item) pairs
-    categories: Optional[ItemCategories] = None  # a CTR model's item categories, when it uses them
-    _candidate_cache: Optional[torch.Tensor] = field(default=None, init=False, repr=False)
-    _index_cache: Optional[ItemIndex] = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_run(
@@ -174,76 +332,45 @@ class Recommender:
         model has text) ranks and scores cold items too, as the evaluation does.
         """
         run_dir = Path(run_dir)
-        results_path = run_dir / RESULTS_FILE
-        if not results_path.is_file():
-            raise RecommenderError(f"{results_path} not found: the run folder must be a training run's (exps/<dataset>/<run>)")
-        try:
-            results = json.loads(results_path.read_text(encoding="utf-8"))
-            recorded = results["dataset"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise RecommenderError(f"{results_path}: not a run's results file ({type(e).__name__}: {e})") from None
-        if not isinstance(results.get("gin_config"), str):
-            raise RecommenderError(f"{results_path}: holds no gin_config; the run did not start properly, train it again")
-        if weights not in WEIGHTS:
-            raise RecommenderError(f"weights={weights!r}: choose 'best' or 'last'")
-        if index not in INDEX_KINDS:
-            raise RecommenderError(f"index={index!r}: choose one of {', '.join(INDEX_KINDS)}")
-        weights_path = run_dir / WEIGHTS[weights]
-        if not weights_path.is_file():
-            other = next((w for w, f in WEIGHTS.items() if w != weights and (run_dir / f).is_file()), None)
-            fix = (
-                f"use weights='{other}' (--weights {other})"
-                if other
-                else "let the training run finish (it writes the weights at its end)"
-            )
-            raise RecommenderError(f"{weights_path} not found: {fix}")
-
-        config = _run_config(results, results_path)
-        data_dir = Path(data_dir) if data_dir is not None else Path(config.data_root) / config.dataset_name
-        data = load_sequence_dataset(data_dir)
-        found = {key: value for key, value in data.stats().items() if key != "name"}
-        expected = {key: recorded.get(key) for key in found}
-        if found != expected:
-            differences = ", ".join(f"{key} {expected[key]} vs {found[key]}" for key in found if found[key] != expected[key])
-            raise RecommenderError(
-                f"{data_dir} is not the data run {run_dir} was trained on ({differences}); "
-                f"pass the run's prepared folder (data_dir=..., --data_dir) or prepare that dataset again"
-            )
-        texts = read_item_texts(data_dir)
-        if len(texts) != data.num_items:
-            raise RecommenderError(f"{data_dir}/item_texts.json holds {len(texts)} texts for {data.num_items} items; prepare the dataset again")
-        text_model = results.get("text_embedding_model")
-        text_embeddings = load_dataset_text_embeddings(data_dir, text_model, data.num_items) if text_model else None
-
-        task = model_task(config.main_module)
-        categories = _ctr_categories(results, data_dir, data.num_items, index) if task == "ctr" else None
+        results, weights_path = _read_run(run_dir, weights, index)
+        config = _run_config(results, run_dir / RESULTS_FILE)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = _build_model_for_run(
-            results, config, data.num_items, text_embeddings, device, 0 if categories is None else categories.num_categories,
-            data.num_users if task == "ctr" else 0,
-        )
-        max_sequence_length = config.max_sequence_length
+        with _bound_gin_config(results):
+            assembly = assemble(config, data_dir, device)
+        _check_same_data(assembly, results, run_dir)
+        texts = read_item_texts(assembly.data_dir)
+        if len(texts) != assembly.data.num_items:
+            raise RecommenderError(
+                f"{assembly.data_dir}/item_texts.json holds {len(texts)} texts for {assembly.data.num_items} items; "
+                "prepare the dataset again"
+            )
+        model = assembly.model
         try:
             model.load_state_dict(torch.load(weights_path, map_location=device, weights_only=True))
         except (RuntimeError, OSError, EOFError) as e:
             first_line = str(e).strip().splitlines()[0]
             raise RecommenderError(f"{weights_path}: not this run's weights ({first_line}); retrain the run") from None
         model.eval()
+        if isinstance(model, RetrievalModel):
+            index_path = run_dir / f"item_index_{weights}_{index}.faiss"
+            scorer = EmbeddingScorer(model, device, config.max_sequence_length, index, index_path)
+        else:
+            scorer = PairScorer(model, device, config.max_sequence_length, _ctr_categories(assembly, results, index))
+        uses_text = assembly.text_embeddings is not None
         return cls(
             model=model,
-            data=data,
-            data_dir=data_dir,
+            scorer=scorer,
+            data=assembly.data,
+            data_dir=assembly.data_dir,
             run_dir=run_dir,
             weights=weights,
-            max_sequence_length=max_sequence_length,
+            max_sequence_length=config.max_sequence_length,
             titles=[text.split("\n", 1)[0] for text in texts],
-            cold=_cold_items(data, max_sequence_length, results.get("protocol", "validated")),
-            uses_text=text_embeddings is not None,
-            include_cold=text_embeddings is not None if include_cold is None else include_cold,
+            cold=assembly.untrained_items(),
+            uses_text=uses_text,
+            include_cold=uses_text if include_cold is None else include_cold,
             device=device,
-            index_kind=index,
-            task=task,
-            categories=categories,
+            task=assembly.task.name,
         )
 
     # ------------------------------------------------------------------ ids
@@ -290,117 +417,11 @@ class Recommender:
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= self.num_items:
             raise RecommenderError(f"k={k!r}: must be a whole number from 1 to {self.num_items} (the catalogue's size)")
 
-    # -------------------------------------------------------------- queries
+    # -------------------------------------------------------------- ranking
 
     def _user_history(self, user: int) -> Tuple[np.ndarray, np.ndarray, int]:
         timestamps = self.data.timestamps[user]
         return self.data.item_ids[user], timestamps, int(timestamps[-1])
-
-    @torch.no_grad()
-    def _queries(self, histories: Sequence[Tuple[np.ndarray, np.ndarray, int]]) -> torch.Tensor:
-        """Query embeddings ``[B, D]`` of ``(0-based items, timestamps, request_time)`` histories.
-
-        Batched as the evaluation batches them (``collate_sequences``: ids + 1,
-        the request time in the slot after the history), each cut to its
-        newest ``max_sequence_length`` items.
-        """
-        queries = []
-        for begin in range(0, len(histories), QUERY_BATCH):
-            examples = [
-                {
-                    "user_index": -1,
-                    "history_ids": items[-self.max_sequence_length:] + 1,
-                    "history_timestamps": timestamps[-self.max_sequence_length:],
-                    "history_ratings": np.zeros(min(len(items), self.max_sequence_length), dtype=np.float32),
-                    "target_id": 0,
-                    "target_timestamp": request_time,
-                    "target_rating": 0.0,
-                }
-                for items, timestamps, request_time in histories[begin:begin + QUERY_BATCH]
-            ]
-            batch = collate_sequences(examples)
-            queries.append(
-                self.model.query_embeddings(
-                    batch["history_ids"].to(self.device),
-                    batch["history_lengths"].to(self.device),
-                    batch["history_timestamps"].to(self.device),
-                )
-            )
-        return torch.cat(queries)
-
-    # ------------------------------------------------------------- ranking
-
-    @torch.no_grad()
-    def _candidates(self) -> torch.Tensor:
-        """Every item's ranking embedding ``[num_items + 1, D]``, row 0 padding (the evaluation's)."""
-        if self._candidate_cache is None:
-            self._candidate_cache = candidate_embeddings(self.model)
-        return self._candidate_cache
-
-    @torch.no_grad()
-    def _pair_scores(self, history: np.ndarray, items: np.ndarray, user: Optional[int] = None) -> np.ndarray:
-        """A CTR model's click probabilities of ``items`` after ``history`` (0-based, oldest first),
-        from the newest ``max_sequence_length`` history items as in training; ``user`` (an index of
-        the data) fills the user-id field, none for a typed-in history."""
-        behaviours = torch.from_numpy(history[-self.max_sequence_length:] + 1)
-        scores = []
-        for begin in range(0, len(items), PAIR_BATCH):
-            targets = torch.from_numpy(items[begin:begin + PAIR_BATCH] + 1)
-            batch = {
-                "history_ids": behaviours.expand(len(targets), -1),
-                "history_lengths": torch.full((len(targets),), len(behaviours), dtype=torch.int64),
-                "target_ids": targets,
-            }
-            if user is not None:
-                batch["user_index"] = torch.full((len(targets),), user, dtype=torch.int64)
-            if self.categories is not None:
-                table = torch.from_numpy(self.categories.ids)
-                batch["history_categories"] = table[batch["history_ids"]]
-                batch["target_categories"] = table[targets]
-            logits = self.model({key: value.to(self.device) for key, value in batch.items()})
-            scores.append(torch.sigmoid(logits).cpu().numpy())
-        return np.concatenate(scores)
-
-    def _pair_top_k(
-        self, history: np.ndarray, excluded: np.ndarray, k: int, user: Optional[int] = None
-    ) -> Tuple[np.ndarray, np.ndarray]:
-        """``(0-based items, click probabilities)`` best first, as :meth:`_top_k` for a CTR model."""
-        scores = self._pair_scores(history, np.arange(self.num_items), user).astype(np.float64)
-        scores[excluded] = -np.inf
-        if not self.include_cold:
-            scores[self.cold] = -np.inf
-        top = np.argsort(-scores, kind="stable")[:k]
-        top = top[np.isfinite(scores[top])]
-        return top, scores[top].astype(np.float32)
-
-    def _index(self) -> ItemIndex:
-        if self._index_cache is None:
-            path = self.run_dir / f"item_index_{self.weights}_{self.index_kind}.faiss"
-            self._index_cache = load_or_build_index(self.index_kind, self._candidates()[1:].cpu().numpy(), path)
-        return self._index_cache
-
-    def _top_k(self, queries: torch.Tensor, excluded: List[np.ndarray], k: int) -> List[Tuple[np.ndarray, np.ndarray]]:
-        """``(0-based items, scores)`` best first per query, without its ``excluded`` items (and cold
-        ones when the model cannot score them)."""
-        if not self.include_cold:
-            cold = np.flatnonzero(self.cold)
-            excluded = [np.concatenate([items, cold]) for items in excluded]
-        if self.index_kind == "exact":
-            width = max(1, max(len(items) for items in excluded))
-            padded = torch.zeros(len(excluded), width, dtype=torch.int64)
-            for row, items in enumerate(excluded):
-                padded[row, : len(items)] = torch.from_numpy(items + 1)
-            scores, ids = exact_top_k(queries, self._candidates(), k, padded.to(self.device), MAX_SCORES_PER_CHUNK)
-            scores, ids = scores.cpu().numpy(), ids.cpu().numpy()
-            keep = np.isfinite(scores)  # an excluded item is at -inf
-            return [(ids[row][keep[row]] - 1, scores[row][keep[row]]) for row in range(len(excluded))]
-        most_excluded = max(len(set(items.tolist())) for items in excluded)
-        scores, ids = self._index().search(queries.cpu().numpy(), min(k + most_excluded, self.num_items))
-        out = []
-        for row, items in enumerate(excluded):
-            keep = (ids[row] >= 0) & ~np.isin(ids[row], items)
-            out.append((ids[row][keep][:k], scores[row][keep][:k]))
-        return out
 
     def _frame(self, ranked: List[Tuple[np.ndarray, np.ndarray]], user_ids: Optional[List[str]]) -> pd.DataFrame:
         counts = [len(items) for items, _ in ranked]
@@ -416,21 +437,11 @@ class Recommender:
             columns = {"user_id": np.repeat(np.asarray(user_ids, dtype=object), counts), **columns}
         return pd.DataFrame(columns)
 
-    def _recommend(
-        self, histories: List[Tuple[np.ndarray, np.ndarray, int]], excluded: List[np.ndarray], k: int,
-        users: Optional[Sequence[int]] = None,
-    ) -> List[Tuple[np.ndarray, np.ndarray]]:
-        if self.task == "ctr":
-            users = [None] * len(histories) if users is None else users
-            return [
-                self._pair_top_k(items, skip, k, user) for (items, _, _), skip, user in zip(histories, excluded, users)
-            ]
-        chunk = max(1, min(QUERY_BATCH, MAX_SCORES_PER_CHUNK // (self.num_items + 1)))
-        ranked = []
-        for begin in range(0, len(histories), chunk):
-            queries = self._queries(histories[begin:begin + chunk])
-            ranked += self._top_k(queries, excluded[begin:begin + chunk], k)
-        return ranked
+    def _recommend(self, histories: List[History], excluded: List[np.ndarray], k: int) -> List[Ranked]:
+        if not self.include_cold:  # cold items are left out where the model cannot score them
+            cold = np.flatnonzero(self.cold)
+            excluded = [np.concatenate([items, cold]) for items in excluded]
+        return self.scorer.top_k(histories, excluded, k)
 
     # ----------------------------------------------------------- the API
 
@@ -446,7 +457,7 @@ class Recommender:
         users = self._user_indices(user_ids)
         histories = [self._user_history(user) for user in users]
         excluded = [items if exclude_history else items[:0] for items, _, _ in histories]
-        return self._frame(self._recommend(histories, excluded, k, users), _as_list(user_ids))
+        return self._frame(self._recommend(histories, excluded, k), _as_list(user_ids))
 
     def recommend_for_history(
         self,
@@ -497,61 +508,43 @@ class Recommender:
         """
         users = self._user_indices(user_ids)
         items = self._item_indices(item_ids, "items to score")
-        histories = [self._user_history(user) for user in users]
-        if self.task == "ctr":
-            scores = np.stack([self._pair_scores(history, items, user) for (history, _, _), user in zip(histories, users)])
-        else:
-            queries = self._queries(histories)
-            scores = (queries @ self._candidates()[torch.from_numpy(items + 1).to(self.device)].T).cpu().numpy()
+        scores = self.scorer.scores([self._user_history(user) for user in users], items)
         cold = self.cold[items]
         if not self.include_cold:
             scores[:, cold] = np.nan
         return Scores(np.array(_as_list(user_ids)), np.array(_as_list(item_ids)), scores, cold)
 
-    def _check_embeddings(self) -> None:
-        if self.task == "ctr":
-            raise RecommenderError(
-                f"{self.run_dir} is a ranking (CTR) model ({type(self.model).__name__}): it scores (history, item) "
-                "pairs and has no user or item embeddings; use recommend or score"
-            )
-
     def item_embeddings(self) -> Embeddings:
         """Every item's ranking embedding (L2-normalised as ranked) ``[num_items, D]``, by original id."""
-        self._check_embeddings()
-        return Embeddings(np.array(self.data.maps["id2item"]), self._candidates()[1:].cpu().numpy())
+        return Embeddings(np.array(self.data.maps["id2item"]), self.scorer.item_embeddings())
 
     def user_embeddings(self, user_ids: Optional[Ids] = None) -> Embeddings:
         """Users' query embeddings ``[U, D]`` from their whole sequence (default: every user)."""
-        self._check_embeddings()
+        self.scorer.item_embeddings()  # a ranking model refuses: it has none
         ids = self.user_ids if user_ids is None else _as_list(user_ids)
-        queries = self._queries([self._user_history(user) for user in self._user_indices(ids)])
+        queries = self.scorer.queries([self._user_history(user) for user in self._user_indices(ids)])
         return Embeddings(np.array(ids), queries.cpu().numpy())
 
 
-def _ctr_categories(results: Dict[str, Any], data_dir: Path, num_items: int, index: str) -> Optional[ItemCategories]:
-    """The item categories a CTR run trained with (None when it used none), checked against the run."""
-    if index != "exact":
-        raise RecommenderError(
-            f"index={index!r}: a ranking (CTR) model scores every (history, item) pair, which no "
-            "faiss index serves; use the exact ranking (the default)"
-        )
-    categories = read_item_categories(data_dir, num_items)
-    found = 0 if categories is None else categories.num_categories
-    if found != results.get("num_categories", 0):
-        raise RecommenderError(
-            f"{data_dir}/item_metadata.jsonl gives {found} item categories, the run trained with "
-            f"{results.get('num_categories', 0)}; pass the run's prepared folder (data_dir=..., --data_dir)"
-        )
-    return categories if found else None
-
-
-def _cold_items(data: SequenceDataset, max_sequence_length: int, protocol: str) -> np.ndarray:
-    """Items that appear in no training example of ``protocol`` (bool by 0-based index)."""
-    train = protocol_views(data, max_sequence_length, protocol).train
-    seen = np.zeros(data.num_items + 1, dtype=bool)
-    for index in range(len(train)):
-        example = train[index]
-        seen[example["history_ids"]] = True
-        seen[example["target_id"]] = True
-    return ~seen[1:]
-
+def _read_run(run_dir: Path, weights: str, index: str) -> Tuple[Dict[str, Any], Path]:
+    """The run's results record and the path of its ``weights``, checked."""
+    results_path = run_dir / RESULTS_FILE
+    if not results_path.is_file():
+        raise RecommenderError(f"{results_path} not found: the run folder must be a training run's (exps/<dataset>/<run>)")
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results["dataset"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RecommenderError(f"{results_path}: not a run's results file ({type(e).__name__}: {e})") from None
+    if not isinstance(results.get("gin_config"), str):
+        raise RecommenderError(f"{results_path}: holds no gin_config; the run did not start properly, train it again")
+    if weights not in WEIGHTS:
+        raise RecommenderError(f"weights={weights!r}: choose 'best' or 'last'")
+    if index not in INDEX_KINDS:
+        raise RecommenderError(f"index={index!r}: choose one of {', '.join(INDEX_KINDS)}")
+    weights_path = run_dir / WEIGHTS[weights]
+    if not weights_path.is_file():
+        other = next((w for w, f in WEIGHTS.items() if w != weights and (run_dir / f).is_file()), None)
+        fix = f"use weights='{other}' (--weights {other})" if other else "let the training run finish (it writes the weights at its end)"
+        raise RecommenderError(f"{weights_path} not found: {fix}")
+    return results, weights_path

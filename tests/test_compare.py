@@ -2,12 +2,17 @@
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
 
 from generative_recommenders import compare
+
+REPO = Path(__file__).resolve().parents[1]
 from generative_recommenders.compare import CompareError, build_tables, format_markdown, format_text, load_runs, to_frame
 
 
@@ -138,11 +143,12 @@ def test_a_seed_twice_in_a_row_is_refused(tmp_path):
 
 
 def test_unfinished_runs_are_skipped_and_said_so(tmp_path, capsys):
+    compare.configure_logging()  # the project's messages go to stdout
     _write_run(tmp_path, "hstu", 1, 0.1)
     unfinished = _write_run(tmp_path, "hstu", 2, 0.5, finished=False)
     runs = load_runs([tmp_path])
     assert [r.seed for r in runs] == [1]
-    assert f"skipping {unfinished}: unfinished" in capsys.readouterr().err
+    assert f"skipping {unfinished}: unfinished" in capsys.readouterr().out
     with pytest.raises(CompareError, match="none of the runs has finished"):
         load_runs([unfinished])
 
@@ -188,9 +194,18 @@ def test_command_line_takes_globs_and_writes_markdown_csv_and_figures(office, ca
     assert not list(written.glob(".*.tmp"))
 
 
-def test_command_line_errors_exit_with_the_message(tmp_path):
-    with pytest.raises(SystemExit, match="compare: no results.json under"):
-        compare.main([str(tmp_path)])
+@pytest.mark.parametrize("problem", ["no runs", "output_dir is a file"])
+def test_command_line_errors_are_one_line_and_exit_1(office, tmp_path, problem):
+    if problem == "no runs":
+        argv, expected = [str(tmp_path)], f"compare: no results.json under {tmp_path}"
+    else:
+        (tmp_path / "taken").write_text("a file")
+        argv = [str(office / "office" / "hstu-s1"), "--output_dir", str(tmp_path / "taken")]
+        expected = f"compare: {tmp_path / 'taken'}"
+    proc = subprocess.run([sys.executable, "-m", "generative_recommenders.compare", *argv],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and proc.stderr.startswith(expected), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
 def _captured_figure(monkeypatch, plot, tables, tmp_path):

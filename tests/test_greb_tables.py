@@ -9,6 +9,7 @@ from generative_recommenders.greb import markdown_text, summarize, write_greb_ta
 
 def retrieval(encoder, model, seed, ndcg, hr, tail=None, cold=None):
     record = {"dataset": "toy", "encoder": encoder, "model": model, "seed": seed, "num_items": 400,
+              "title": model.upper(), "task": "retrieval",
               "test": {"ndcg@10": ndcg, "hr@10": hr, "mrr": 0.1}}
     if tail is not None:
         record["popularity_groups"] = {"head": {"ndcg@10": 0.5}, "torso": {"ndcg@10": 0.3},
@@ -19,7 +20,7 @@ def retrieval(encoder, model, seed, ndcg, hr, tail=None, cold=None):
 
 
 def ranking(encoder, seed, auc, logloss):
-    return {"dataset": "toy", "encoder": encoder, "model": "din", "seed": seed,
+    return {"dataset": "toy", "encoder": encoder, "model": "din", "seed": seed, "title": "DIN", "task": "ctr",
             "test": {"auc": auc, "logloss": logloss}, "has_categories": False}
 
 

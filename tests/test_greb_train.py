@@ -1,6 +1,7 @@
 """The trainer on GRE-B's tasks: CTR runs end to end, retrieval runs with BCE, groups and cold items."""
 
 import json
+from pathlib import Path
 
 import gin
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 
 from generative_recommenders.data.cold_items import split_cold_items
 from generative_recommenders.data.sequence_format import load_sequence_dataset
+from generative_recommenders.recommender import Recommender, RecommenderError
+from generative_recommenders.text.embedding_store import write_item_texts
 from generative_recommenders.trainer import tasks
 from generative_recommenders.trainer.config import ConfigError
 from generative_recommenders.trainer.train import train_config_file
@@ -97,7 +100,9 @@ def test_retrieval_with_bce_reports_popularity_groups_and_cold_items(cyclic):
     results = train_config_file(str(config), [])
     data = load_sequence_dataset(cyclic / "data" / "cyclic")
     split = split_cold_items(data, 0.1, seed=42)
-    assert results["cold_item_split"] == split.summary() and split.summary()["num_cold_items"] == 4
+    held_out = [data.maps["id2item"][k - 1] for k in split.cold_item_ids]
+    assert results["cold_item_split"] == {**split.summary(), "held_out_item_ids": held_out}
+    assert split.summary()["num_cold_items"] == 4
     cold = results["cold_items"]
     assert cold["groups"] == {"num_items": 4} and cold["cold_items"]["num_users"] == len(split.cold_users) > 0
     groups = results["popularity_groups"]
@@ -106,6 +111,26 @@ def test_retrieval_with_bce_reports_popularity_groups_and_cold_items(cyclic):
     assert groups["groups"]["tail"]["min_count"] == 0  # the cold items, never trained on
     # Every validation evaluation has its groups too.
     assert all("popularity_groups" in e["groups"] for e in results["evaluations"])
+    write_item_texts(cyclic / "data" / "cyclic", [f"item {name}" for name in data.maps["id2item"]])
+    check_the_recommender_knows_the_held_out_items(Path(results["run_dir"]), held_out)
+
+
+def check_the_recommender_knows_the_held_out_items(run_dir, held_out):
+    """The run is served as it was trained: its held-out items are cold, flagged whenever recommended,
+    left out where the (id-only) model cannot score them; another split is refused."""
+    every_user = None
+    for include_cold in (False, True):
+        rec = Recommender.from_run(run_dir, include_cold=include_cold)
+        assert set(held_out) <= set(rec.cold_item_ids)
+        every_user = rec.recommend(rec.user_ids, k=rec.num_items // 2)
+        shown = every_user[every_user["item_id"].isin(held_out)]
+        assert (len(shown) > 0) == include_cold and shown["cold"].all()
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text())
+    results["cold_item_split"]["held_out_item_ids"] = held_out[:-1] + ["another"]
+    results_path.write_text(json.dumps(results))
+    with pytest.raises(RecommenderError, match=r"is not the data run .* \(other held-out \(cold\) items\)"):
+        Recommender.from_run(run_dir)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +218,7 @@ def test_compare_shows_the_groups_and_leaves_ctr_runs_to_the_greb_table(cyclic, 
     train_config_file(str(greb_config(cyclic, "DeepFM", "\n".join(CTR_BINDINGS) + "\ntrain_fn.num_epochs = 1")), [])
     compare.main([str(cyclic / "exps" / "cyclic"), "--output_dir", str(cyclic / "cmp")])
     out = capsys.readouterr()
-    assert "a CTR run" in out.err and "deepfm-s42" in out.err
+    assert "a CTR run" in out.out and "deepfm-s42" in out.out
     head = retrieval["popularity_groups"]["head"]
     cold = retrieval["cold_items"]["cold_items"]
     assert "| model | head | torso | tail | cold_items |" in out.out

@@ -109,7 +109,10 @@ def test_seeds_run_once_each_log_to_tensorboard_and_end_with_their_table(tmp_pat
     assert [e.value for e in events.Scalars("test_best/ndcg@10")] == [pytest.approx(ndcg10[0])]
     hparams = {tag: HParamsPluginData.FromString(c) for tag, c in events.PluginTagToContent("hparams").items()}
     session = hparams["_hparams_/session_start_info"].session_start_info.hparams
-    assert session["seed"].number_value == 3 and session["protocol"].string_value == "validated"
+    # Every TrainConfig field, by its name, and the model's description.
+    assert session["random_seed"].number_value == 3 and session["eval_protocol"].string_value == "validated"
+    assert session["num_epochs"].number_value == 1 and session["text_embedding_model"].string_value == "none"
+    assert session["model"].string_value == runs[3]["model"]
     metrics = {m.name.tag for m in hparams["_hparams_/experiment"].experiment.metric_infos}
     assert {"valid/ndcg@10", "test_best/ndcg@10"} <= metrics
 

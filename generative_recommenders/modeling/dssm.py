@@ -115,7 +115,7 @@ def dssm_training_loss(
     return binary_cross_entropy_with_negatives(positive_logits, negative_logits, positive_ids, negative_ids)
 
 
-@register_model("DSSM", task="retrieval")
+@register_model("DSSM", task="retrieval", losses={"BinaryCrossEntropyLoss": dssm_training_loss})
 def build_dssm(inputs: ModelInputs) -> DSSM:
     """DSSM (naive) or TE_ID_DSSM (id + projected ``text_embeddings [num_items + 1, T]``); ids only,
     no categories."""

@@ -6,14 +6,19 @@ trainer knows of the data and the config) and returns the model. The module
 is listed in ``MODEL_MODULES`` so that its registration runs when a model is
 first looked up. The registration also names the model's task: ``retrieval``
 (next-item full ranking over the catalogue) or ``ctr`` (click-through rate of a
-target item given the behaviour sequence). README "Adding a model" walks through one.
+target item given the behaviour sequence), and may name the training losses it
+trains with (``loss_module`` name -> loss function; default: its task's). README
+"Adding a model" walks through one.
+
+What the trainer, the evaluation and the ``Recommender`` call on a model is
+written down as :class:`RetrievalModel` and :class:`PairScoringModel`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 
@@ -57,25 +62,81 @@ class ModelInputs:
     num_users: int = 0
 
 
+@runtime_checkable
+class RetrievalModel(Protocol):
+    """A retrieval model: histories to query embeddings, ranked against every item's embedding.
+
+    Ids are 1-based (0 is padding). ``all_item_embeddings()`` is ``[num_items + 1, D]``;
+    ``normalize_items`` maps item embeddings to what queries are dotted with.
+    """
+
+    num_items: int
+
+    def query_embeddings(
+        self, history_ids: torch.Tensor, history_lengths: torch.Tensor, history_timestamps: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def all_item_embeddings(self) -> torch.Tensor: ...
+
+    def normalize_items(self, embeddings: torch.Tensor) -> torch.Tensor: ...
+
+    def description(self) -> str: ...
+
+
+@runtime_checkable
+class PairScoringModel(Protocol):
+    """A ranking (CTR) model: ``forward(batch) -> logits [B]`` of (behaviours, target) pairs
+    (``collate_ctr``'s keys)."""
+
+    num_items: int
+
+    def forward(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def description(self) -> str: ...
+
+
+@runtime_checkable
+class ReportsBackends(Protocol):
+    """A model that can say which ops backends it ran on ``device`` (recorded in results.json)."""
+
+    def backends_in_use(self, device: torch.device) -> Dict[str, str]: ...
+
+
 class UnknownModelError(UserError):
     """A model name that no builder is registered under."""
 
 
 ModelBuilder = Callable[[ModelInputs], torch.nn.Module]
-_BUILDERS: Dict[str, ModelBuilder] = {}
-_TASKS: Dict[str, str] = {}
+# A training loss: (model, batch, device, **settings) -> scalar; its keyword parameters that are
+# TrainConfig fields get the run's values (tasks.py binds them).
+TrainingLoss = Callable[..., torch.Tensor]
 
 
-def register_model(name: str, task: str = "retrieval") -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: registers ``builder`` as the model ``name``, trained on ``task`` (one of ``TASKS``)."""
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One registration: the builder, the task, and the losses it trains with (None: the task's)."""
+
+    name: str
+    task: str
+    builder: ModelBuilder
+    losses: Optional[Mapping[str, TrainingLoss]] = None
+
+
+_SPECS: Dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, task: str = "retrieval", losses: Optional[Mapping[str, TrainingLoss]] = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: registers ``builder`` as the model ``name``, trained on ``task`` (one of ``TASKS``)
+    with ``losses`` (``loss_module`` name -> loss; default: the task's losses)."""
     if task not in TASKS:
         raise ValueError(f"model {name!r}: unknown task {task!r}; choose from {TASKS}")
 
     def register(builder: ModelBuilder) -> ModelBuilder:
-        if name in _BUILDERS and _BUILDERS[name] is not builder:
-            raise ValueError(f"a model named {name!r} is registered already ({_BUILDERS[name].__module__})")
-        _BUILDERS[name] = builder
-        _TASKS[name] = task
+        if name in _SPECS and _SPECS[name].builder is not builder:
+            raise ValueError(f"a model named {name!r} is registered already ({_SPECS[name].builder.__module__})")
+        _SPECS[name] = ModelSpec(name, task, builder, None if losses is None else dict(losses))
         return builder
 
     return register
@@ -89,7 +150,7 @@ def import_model_modules() -> None:
 
 def registered_models() -> Tuple[str, ...]:
     import_model_modules()
-    return tuple(sorted(_BUILDERS))
+    return tuple(sorted(_SPECS))
 
 
 def _require_registered(name: str) -> None:
@@ -98,13 +159,17 @@ def _require_registered(name: str) -> None:
         raise UnknownModelError(f"train_fn.main_module={name!r} is not a registered model; choose from {models}")
 
 
+def model_spec(name: str) -> ModelSpec:
+    """The registration of the model ``name``."""
+    _require_registered(name)
+    return _SPECS[name]
+
+
 def model_task(name: str) -> str:
     """The task the model registered as ``name`` trains on: ``retrieval`` or ``ctr``."""
-    _require_registered(name)
-    return _TASKS[name]
+    return model_spec(name).task
 
 
 def build_model(name: str, inputs: ModelInputs) -> torch.nn.Module:
     """The model registered as ``name``, built from ``inputs``."""
-    _require_registered(name)
-    return _BUILDERS[name](inputs)
+    return model_spec(name).builder(inputs)

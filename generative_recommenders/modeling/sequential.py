@@ -8,7 +8,7 @@ sampled negatives and evaluation candidates (see ``item_embeddings.py``).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,13 @@ from generative_recommenders.modeling.registry import ModelInputs
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=eps)
+
+
+@runtime_checkable
+class AttentionEncoder(Protocol):
+    """An encoder whose attention has backends: which one runs on ``device`` (after any start-up probe)."""
+
+    def attention_backend_in_use(self, device: torch.device, training: bool) -> str: ...
 
 
 class SequentialRecommender(torch.nn.Module):
@@ -133,6 +140,13 @@ class SequentialRecommender(torch.nn.Module):
 
     def description(self) -> str:
         return f"{self.encoder.description}-{self.item_embedding.description}"
+
+    def backends_in_use(self, device: torch.device) -> Dict[str, str]:
+        """The attention backend run in training and in evaluation on ``device``; {} for an encoder without."""
+        if not isinstance(self.encoder, AttentionEncoder):
+            return {}
+        return {mode: self.encoder.attention_backend_in_use(device, training=mode == "training")
+                for mode in ("training", "evaluation")}
 
 
 def encoder_arguments(inputs: ModelInputs) -> Dict[str, Any]:

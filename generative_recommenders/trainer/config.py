@@ -1,24 +1,30 @@
-"""The trainer's configuration: one frozen object, built and checked from ``train_fn``'s arguments.
+"""The trainer's configuration: one frozen object, the one definition of every training option.
 
-``train_fn`` keeps the HSTU reference's parameter names (its gin files load
-unchanged); :meth:`TrainConfig.from_arguments` normalizes the reference's
-aliases and refuses, before anything is read or written, any value that
-cannot train.
+Each option is a field of :class:`TrainConfig`: its type, default, allowed
+values and meaning (the comment beside it) are written there once. ``train_fn``'s
+gin signature (the HSTU reference's parameter names, so its gin files load
+unchanged), the checks and the recorded hyperparameters are derived from the
+fields. :meth:`TrainConfig.from_arguments` resolves the reference's aliases and
+refuses, before anything is read or written, any value that cannot train; what
+depends on the model's task (its losses, selection metrics, protocols) is
+checked by the task (``tasks.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Sequence, Tuple
+import functools
+import inspect
+import typing
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import gin
 
 from generative_recommenders.errors import UserError
-from generative_recommenders.evaluation.metrics import METRIC_NAMES
 from generative_recommenders.modeling.losses import SAMPLING_STRATEGIES
 from generative_recommenders.modeling.registry import model_task, registered_models
 from generative_recommenders.ops import jagged
-from generative_recommenders.ops.sequences import ATTENTION_BACKENDS
+from generative_recommenders.ops.sequences import ATTENTION_BACKENDS, DEFAULT_ATTENTION_BACKEND
 from generative_recommenders.trainer.protocol import PROTOCOLS
 
 # The reference's names for the text path; the item embedding module carries the text,
@@ -27,135 +33,112 @@ _TEXT_ALIASES = {
     "LearnablePositionalEmbeddingWithTextPreprocessor": "LearnablePositionalEmbeddingInputFeaturesPreprocessor",
     "local_with_text": "local",
 }
-# Retrieval models train with either (GRE-B's SASRec and DSSM: binary cross-entropy); DSSM and
-# the CTR models with binary cross-entropy only.
-LOSS_MODULES = ("SampledSoftmaxLoss", "BinaryCrossEntropyLoss")
-BCE_ONLY_MODELS = ("DSSM",)
-# Selection keeps the highest value: CTR runs select on AUC.
-CTR_SELECTION_METRICS = ("auc",)
-# Retrieval training examples: one window per user, or GRE-B's one sample per training position.
-TRAINING_SAMPLES = ("window", "per_position")
-# Reference parameters with one supported value (other values are refused, never ignored).
-_SINGLE_CHOICES = {
-    "loss_module": LOSS_MODULES,
-    "interaction_module_type": ("DotProduct",),
-    "top_k_method": ("MIPSBruteForceTopK",),
-    "feat_prep": ("LearnablePositionalEmbeddingInputFeaturesPreprocessor",),
-}
+# Reference parameters accepted and covered otherwise (save_ckpt_every_n, in epochs: the
+# per-epoch checkpoints cover it).
+REFERENCE_ONLY_PARAMETERS = {"save_ckpt_every_n": 1000}
+# Not options of a run: how this process runs it (train_fn's own arguments, never gin's).
+PROCESS_ARGUMENTS = {"resume": False, "overwrite": False, "context": None}
 
 
 class ConfigError(UserError):
     """A ``train_fn`` setting that cannot train."""
 
 
+def option(
+    default: Any,
+    choices: Union[Tuple[Any, ...], Callable[[], Tuple[Any, ...]], None] = None,
+    minimum: Optional[int] = None,
+    within: Optional[Tuple[float, float, bool]] = None,
+) -> Any:
+    """A :class:`TrainConfig` field: ``choices`` (or a function giving them), an integer ``minimum``,
+    or ``within = (low, high, low_included)``: a number in ``[low, high)`` or ``(low, high)``;
+    ``high`` is never included, ``low = 0`` with ``high = inf`` means "> 0"."""
+    return dataclasses.field(default=default, metadata={"choices": choices, "minimum": minimum, "within": within})
+
+
+_POSITIVE = (0.0, float("inf"), False)
+_SHARE = (0.0, 1.0, False)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of one run: ``train_fn``'s parameters, checked.
+    """Every setting of one run. Writes to ``<output_root>/<dataset_name>/<run_name>-s<random_seed>/``."""
 
-    Writes to ``<output_root>/<dataset_name>/<run_name>-s<random_seed>/``.
-    ``max_sequence_length`` caps the history; a sequence holds
-    ``max_sequence_length + gr_output_length + 1`` positions. ``eval_interval``
-    is the reference's name for the interval, in steps, of the debug-level
-    loss lines (every step's loss goes to TensorBoard). A checkpoint is written
-    at the end of every epoch and every ``checkpoint_every_n_steps`` steps
-    (``None``: epoch ends only); the reference's ``save_ckpt_every_n`` (in
-    epochs) is accepted and covered by the per-epoch checkpoints.
-    A run folder holding another configuration's run, or an unfinished run
-    (without ``resume``), is refused; one holding this configuration's
-    finished run is left as it is and its results returned; a folder is
-    locked while a run trains in it (``run_folder.py``). ``deterministic=True``
-    switches torch to its deterministic kernels for the process (slower where
-    a kernel has no deterministic fast path): reruns and resumes are then
-    bit-exact, where otherwise gradients that accumulate with atomic adds may
-    differ in the last bits. ``patience``: under ``validated``, stop after
-    that many evaluations without a better ``selection_metric``.
-    ``length_bucketed_batches``: batches of sequences of similar length (less
-    padding, faster; batches are less random). ``autocast_bf16``: the training
-    step in bfloat16 autocast on CUDA. ``rank_cap=2500`` caps ranks as the
-    reference's top-2,500 retrieval (default: exact); the paper's numbers also
-    need ``eval_protocol="reference"``, under which a target repeating a
-    history item is a miss, as the paper counts it. ``attention_backend``
-    (``auto``, ``padded``, ``torch``, ``triton``) and ``jagged_backend``
-    (``auto``, ``torch``, ``fbgemm``) choose the ops' backends (default: the
-    environment variables ``GR_ATTENTION_BACKEND`` / ``GR_JAGGED_BACKEND``,
-    else ``auto``). In a multi-process run each rank trains on its share of
-    every batch-order, evaluates its share of the users, and rank 0 alone
-    writes logs, results and checkpoints.
+    # -- data
+    dataset_name: str = "ml100k"  # the prepared folder <data_root>/<dataset_name>
+    data_root: str = "tmp"  # where prepared datasets are (relative: to the current folder)
+    output_root: str = "exps"  # where run folders are written
+    run_name: Optional[str] = None  # the run folder's name before -s<seed> (default: the model's description)
+    max_sequence_length: int = option(200, minimum=1)  # history cap; a sequence holds num_positions positions
+    gr_output_length: int = option(10, minimum=0)  # the reference's extra output positions
+    text_embedding_model: Optional[str] = None  # the frozen item text table's encoder (with local_and_text)
+    # Validated retrieval only: this seeded share of the items leaves training (as targets, in histories
+    # and from the sampled negatives); the test users whose target is one of them report under cold_items.
+    cold_item_share: Optional[float] = option(None, within=_SHARE)
 
-    The model's task (the registry's) decides the data views, loss and
-    evaluation (``tasks.py``): ``retrieval`` trains with ``loss_module``
-    (``SampledSoftmaxLoss``, or ``BinaryCrossEntropyLoss`` with
-    ``num_negatives`` uniform negatives, DSSM's only loss) and reports every
-    evaluation also per target-popularity group; ``ctr`` (DIN, DeepFM) trains
-    with binary cross-entropy on labelled samples (``loss_module =
-    "BinaryCrossEntropyLoss"``, validated protocol, ``selection_metric =
-    "auc"``). ``cold_item_share`` (validated retrieval only; default off)
-    removes that seeded share of the items from training (as targets, in
-    histories and from the sampled negatives) and reports the test users whose
-    target is one of them under ``cold_items``.
-    ``training_samples`` (retrieval): ``window`` (default: one example per user,
-    its newest ``max_sequence_length`` training items, a loss at every position)
-    or ``per_position`` (GRE-B: one example per training position with the
-    items before it, the loss at that position only). ``mask_seen_items``
-    (retrieval; default off): the evaluation removes every item the user had
-    before the target from the ranking, and a target that is one of them is a
-    miss (GRE-B). ``adam_beta2``: the optimizer's second beta (0.98, the
-    reference's; GRE-B 0.999). ``grad_clip_norm`` (default off): clip the
-    gradients' total norm to it (GRE-B's CTR models: 1.0).
-    ``lr_plateau_factor`` (default off) multiplies the learning rate by that
-    factor after ``lr_plateau_patience`` + 1 validations without a better
-    ``selection_metric`` (needs ``num_warmup_steps = 0``).
-    """
+    # -- model
+    main_module: str = option("HSTU", choices=lambda: registered_models())  # the registered model to train
+    item_embedding_dim: int = option(64, minimum=1)
+    embedding_module_type: str = option("local", choices=("local", "local_and_text"))  # ids, or ids + text
+    dropout_rate: float = option(0.2, within=(0.0, 1.0, True))
+    user_embedding_norm: str = option("l2_norm", choices=("l2_norm", "layer_norm"))
+    item_l2_norm: bool = True
+    l2_norm_eps: float = option(1e-6, within=_POSITIVE)
+    interaction_module_type: str = option("DotProduct", choices=("DotProduct",))
+    feat_prep: str = option(
+        "LearnablePositionalEmbeddingInputFeaturesPreprocessor",
+        choices=("LearnablePositionalEmbeddingInputFeaturesPreprocessor",),
+    )
 
-    dataset_name: str
-    max_sequence_length: int
-    local_batch_size: int
-    eval_batch_size: int
-    main_module: str
-    dropout_rate: float
-    user_embedding_norm: str
-    sampling_strategy: str
-    loss_module: str
-    num_negatives: int
-    item_l2_norm: bool
-    temperature: float
-    num_epochs: int
-    learning_rate: float
-    weight_decay: float
-    num_warmup_steps: int
-    eval_interval: int
-    full_eval_every_n: int
-    partial_eval_num_iters: int
-    embedding_module_type: str
-    item_embedding_dim: int
-    interaction_module_type: str
-    top_k_method: str
-    l2_norm_eps: float
-    enable_tf32: bool
-    feat_prep: str
-    text_embedding_model: Optional[str]
-    random_seed: int
-    gr_output_length: int
-    eval_protocol: str
-    selection_metric: str
-    patience: Optional[int]
-    checkpoint_every_n_steps: Optional[int]
-    deterministic: bool
-    length_bucketed_batches: bool
-    autocast_bf16: bool
-    rank_cap: Optional[int]
-    attention_backend: str
-    jagged_backend: str
-    data_root: str
-    output_root: str
-    run_name: Optional[str]
-    cold_item_share: Optional[float] = None
-    lr_plateau_factor: Optional[float] = None
-    lr_plateau_patience: int = 1
-    training_samples: str = "window"
+    # -- training
+    # The training loss; the model's registration says which it trains with (tasks.py).
+    loss_module: str = option("SampledSoftmaxLoss", choices=("SampledSoftmaxLoss", "BinaryCrossEntropyLoss"))
+    sampling_strategy: str = option("local", choices=SAMPLING_STRATEGIES)  # where negatives come from
+    num_negatives: int = option(128, minimum=1)  # sampled negatives per position
+    temperature: float = option(0.05, within=_POSITIVE)  # logits are divided by it
+    local_batch_size: int = option(128, minimum=1)  # sequences per step and process
+    num_epochs: int = option(101, minimum=1)
+    learning_rate: float = option(1e-3, within=_POSITIVE)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    num_warmup_steps: int = option(0, minimum=0)  # linear learning-rate warm-up
+    # Multiply the learning rate by this factor after lr_plateau_patience + 1 validations without a
+    # better selection_metric (needs the validated protocol and no warm-up); None: off.
+    lr_plateau_factor: Optional[float] = option(None, within=_SHARE)
+    lr_plateau_patience: int = option(1, minimum=0)
+    random_seed: int = option(42, minimum=0)
+    # Retrieval examples: one window per user (its newest max_sequence_length training items, a loss at
+    # every position), or GRE-B's one sample per training position with the items before it, the loss at
+    # that position only (data/per_position.py).
+    training_samples: str = option("window", choices=("window", "per_position"))
+    adam_beta2: float = option(0.98, within=(0.0, 1.0, True))  # AdamW's second beta (GRE-B: 0.999)
+    grad_clip_norm: Optional[float] = option(None, within=_POSITIVE)  # clip the gradients' total norm (GRE-B CTR: 1.0)
+    # Batches of sequences of similar length: less padding, faster; batches are less random.
+    length_bucketed_batches: bool = False
+    autocast_bf16: bool = False  # the training step in bfloat16 autocast on CUDA
+    enable_tf32: bool = False
+    # torch's deterministic kernels: reruns and resumes bit-exact (slower where a kernel has no
+    # deterministic fast path).
+    deterministic: bool = False
+    # A checkpoint every N steps, besides the one at every epoch's end (None: epoch ends only).
+    checkpoint_every_n_steps: Optional[int] = option(1000, minimum=1)
+    eval_interval: int = option(100, minimum=1)  # the reference's name: steps between debug-level loss lines
+    attention_backend: str = option(DEFAULT_ATTENTION_BACKEND, choices=ATTENTION_BACKENDS)  # ops backends
+    jagged_backend: str = option(jagged.DEFAULT_BACKEND, choices=jagged.BACKENDS)
+
+    # -- evaluation
+    # validated: select on the second-to-last item, test the last once; reference: the paper's (protocol.py).
+    eval_protocol: str = option("validated", choices=PROTOCOLS)
+    selection_metric: str = "ndcg@10"  # the validation metric that selects (the task lists its metrics)
+    patience: Optional[int] = option(None, minimum=1)  # validated: stop after N evaluations without a better one
+    eval_batch_size: int = option(128, minimum=1)
+    full_eval_every_n: int = option(1, minimum=1)  # epochs between full evaluations (reference protocol)
+    partial_eval_num_iters: int = option(32, minimum=1)  # batches of a partial evaluation in between
+    # Retrieval: every item the user had before the target leaves the ranking, and a target that is one
+    # of them is a miss (GRE-B); off: the history window is masked.
     mask_seen_items: bool = False
-    adam_beta2: float = 0.98
-    grad_clip_norm: Optional[float] = None
+    # Caps ranks as the reference's top-2,500 retrieval (2500); None: exact ranks.
+    rank_cap: Optional[int] = option(None, minimum=1)
+    top_k_method: str = option("MIPSBruteForceTopK", choices=("MIPSBruteForceTopK",))
 
     @property
     def num_positions(self) -> int:
@@ -177,121 +160,88 @@ class TrainConfig:
 
     @classmethod
     def from_arguments(cls, arguments: Dict[str, Any]) -> "TrainConfig":
-        """``train_fn``'s arguments, aliases resolved and every value checked."""
-        values = {field.name: arguments[field.name] for field in dataclasses.fields(cls)}
-        values["sampling_strategy"] = _TEXT_ALIASES.get(values["sampling_strategy"], values["sampling_strategy"])
-        values["feat_prep"] = _TEXT_ALIASES.get(values["feat_prep"], values["feat_prep"])
+        """``train_fn``'s arguments (unknown names refused), aliases resolved and every value checked."""
+        values = {name: value for name, value in arguments.items() if name not in REFERENCE_ONLY_PARAMETERS}
+        unknown = sorted(set(values) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"train_fn.{unknown[0]} is not a setting of train_fn; see TrainConfig for the settings")
+        for name in ("sampling_strategy", "feat_prep"):
+            if name in values:
+                values[name] = _TEXT_ALIASES.get(values[name], values[name])
         config = cls(**values)
         config._check()
         return config
 
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings as TensorBoard's hyperparameters take them (None as "none")."""
+        return {name: "none" if value is None else value for name, value in dataclasses.asdict(self).items()}
+
     def _check(self) -> None:
-        for name, allowed in _SINGLE_CHOICES.items():
-            _require(name, getattr(self, name), allowed)
-        _require("main_module", self.main_module, registered_models())
-        _require("sampling_strategy", self.sampling_strategy, SAMPLING_STRATEGIES)
-        _require("embedding_module_type", self.embedding_module_type, ("local", "local_and_text"))
-        _require("eval_protocol", self.eval_protocol, PROTOCOLS)
-        metrics = CTR_SELECTION_METRICS if self.task == "ctr" else METRIC_NAMES
-        _require("selection_metric", self.selection_metric, metrics)
-        _require("user_embedding_norm", self.user_embedding_norm, ("l2_norm", "layer_norm"))
-        _require("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
-        _require("jagged_backend", self.jagged_backend, jagged.BACKENDS)
-        for name in (
-            "max_sequence_length", "local_batch_size", "eval_batch_size", "num_negatives", "num_epochs",
-            "eval_interval", "full_eval_every_n", "partial_eval_num_iters", "item_embedding_dim",
-        ):
-            _require_int(name, getattr(self, name), minimum=1)
-        for name in ("num_warmup_steps", "gr_output_length", "random_seed"):
-            _require_int(name, getattr(self, name), minimum=0)
-        for name in ("patience", "checkpoint_every_n_steps", "rank_cap"):
-            if getattr(self, name) is not None:
-                _require_int(name, getattr(self, name), minimum=1, none_allowed=True)
-        for name in ("dropout_rate", "learning_rate", "weight_decay", "temperature", "l2_norm_eps"):
-            _require_number(name, getattr(self, name))
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ConfigError(f"train_fn.dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        for name in ("learning_rate", "temperature", "l2_norm_eps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train_fn.{name} must be > 0, got {getattr(self, name)}")
-        _require("training_samples", self.training_samples, TRAINING_SAMPLES)
-        _require_number("adam_beta2", self.adam_beta2)
-        if not 0.0 <= self.adam_beta2 < 1.0:
-            raise ConfigError(f"train_fn.adam_beta2 must be in [0, 1), got {self.adam_beta2}")
-        if self.grad_clip_norm is not None:
-            _require_number("grad_clip_norm", self.grad_clip_norm)
-            if self.grad_clip_norm <= 0:
-                raise ConfigError(f"train_fn.grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
-        for name in (
-            "item_l2_norm", "enable_tf32", "deterministic", "length_bucketed_batches", "autocast_bf16", "mask_seen_items"
-        ):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"train_fn.{name} must be True or False, got {getattr(self, name)!r}")
+        for field, kind in _field_types().items():
+            _check_value(field, kind, getattr(self, field.name))
         if self.with_text != (self.text_embedding_model is not None):
             raise ConfigError(
                 "train_fn.embedding_module_type = \"local_and_text\" and train_fn.text_embedding_model "
                 "go together (set both, or neither)"
             )
-        self._check_task()
-        self._check_schedule()
         if self.patience is not None and not self.validated:
             raise ConfigError(
                 "train_fn.patience needs the validated protocol: the reference protocol has no "
                 "validation split, and stopping on the test set would select on it"
             )
-
-
-    def _check_task(self) -> None:
-        if self.task == "ctr" or self.main_module in BCE_ONLY_MODELS:
-            _require("loss_module", self.loss_module, ("BinaryCrossEntropyLoss",))
-        if self.task == "ctr":
-            if not self.validated:
-                raise ConfigError(
-                    f"train_fn.eval_protocol = \"{self.eval_protocol}\": {self.main_module} (a CTR model) trains "
-                    "under the validated protocol only (its validation split selects the epoch)"
-                )
-            if self.training_samples != "window":
-                raise ConfigError(f"train_fn.training_samples is for retrieval models; drop it for {self.main_module}")
-            for name in ("cold_item_share", "length_bucketed_batches", "mask_seen_items"):
-                if getattr(self, name):
-                    raise ConfigError(f"train_fn.{name} is for retrieval models; drop it for {self.main_module}")
-        if self.cold_item_share is not None:
-            _require_number("cold_item_share", self.cold_item_share)
-            if not 0.0 < self.cold_item_share < 1.0:
-                raise ConfigError(f"train_fn.cold_item_share must be in (0, 1) or None, got {self.cold_item_share}")
-            if not self.validated:
-                raise ConfigError("train_fn.cold_item_share needs the validated protocol; drop it or use validated")
-
-    def _check_schedule(self) -> None:
-        _require_int("lr_plateau_patience", self.lr_plateau_patience, minimum=0)
-        if self.lr_plateau_factor is None:
-            return
-        _require_number("lr_plateau_factor", self.lr_plateau_factor)
-        if not 0.0 < self.lr_plateau_factor < 1.0:
-            raise ConfigError(f"train_fn.lr_plateau_factor must be in (0, 1) or None, got {self.lr_plateau_factor}")
-        if not self.validated or self.num_warmup_steps:
+        if self.cold_item_share is not None and not self.validated:
+            raise ConfigError("train_fn.cold_item_share needs the validated protocol; drop it or use validated")
+        if self.lr_plateau_factor is not None and (not self.validated or self.num_warmup_steps):
             raise ConfigError(
                 "train_fn.lr_plateau_factor steps on the validation metric: it needs the validated protocol "
                 "and train_fn.num_warmup_steps = 0"
             )
 
 
-def _require(name: str, value: Any, allowed: Tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"train_fn.{name}={value!r} is not supported; choose from {allowed}")
+@functools.lru_cache(maxsize=None)
+def _field_types() -> Dict[dataclasses.Field, Tuple[type, bool]]:
+    """Each field with its value type and whether None is allowed."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for field in dataclasses.fields(TrainConfig):
+        hint = hints[field.name]
+        arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[field] = (arguments[0], True) if typing.get_origin(hint) is Union else (hint, False)
+    return out
 
 
-def _require_int(name: str, value: Any, minimum: int, none_allowed: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        kind = "an integer" + (" or None" if none_allowed else "")
-        raise ConfigError(f"train_fn.{name} must be {kind}, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"train_fn.{name} must be >= {minimum}, got {value}")
+def _check_value(field: dataclasses.Field, kind: Tuple[type, bool], value: Any) -> None:
+    name, (value_type, none_allowed) = f"train_fn.{field.name}", kind
+    if value is None and none_allowed:
+        return
+    described = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}[value_type]
+    accepted = (int, float) if value_type is float else value_type
+    if (isinstance(value, bool) and value_type is not bool) or not isinstance(value, accepted):
+        raise ConfigError(f"{name} must be {described}{' or None' if none_allowed else ''}, got {value!r}")
+    choices, minimum, within = (field.metadata.get(key) for key in ("choices", "minimum", "within"))
+    if choices is not None:
+        allowed = choices() if callable(choices) else choices
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} is not supported; choose from {tuple(allowed)}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    if within is not None:
+        low, high, low_included = within
+        if not ((low <= value if low_included else low < value) and value < high):
+            where = "> 0" if high == float("inf") else f"in {'[' if low_included else '('}{low:g}, {high:g})"
+            raise ConfigError(f"{name} must be {where}{' or None' if none_allowed else ''}, got {value}")
 
 
-def _require_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"train_fn.{name} must be a number, got {value!r}")
+def train_fn_signature() -> inspect.Signature:
+    """``train_fn``'s parameters: every :class:`TrainConfig` field with its default, the reference-only
+    parameters, then the process's own arguments."""
+    parameters = [
+        inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default)
+        for field in dataclasses.fields(TrainConfig)
+    ]
+    for name, default in {**REFERENCE_ONLY_PARAMETERS, **PROCESS_ARGUMENTS}.items():
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    return inspect.Signature(parameters)
 
 
 def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:

@@ -9,15 +9,20 @@
   samples and evaluated by AUC and Logloss; the validation split selects, the
   test split is read once.
 
-The registry says which task a model trains on (``registry.model_task``).
+The registry says which task a model trains on (``registry.model_task``) and
+may name its own losses; a task owns everything else that differs: the settings
+it refuses, its default losses, its selection metrics, which items a run never
+trained on, and how its evaluation runs. ``task_for(config)`` checks a config
+against its task and returns the task.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -32,7 +37,7 @@ from generative_recommenders.evaluation.classification import (
     ClassificationAccumulator,
     evaluate_ctr,
 )
-from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
+from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED, METRIC_NAMES
 from generative_recommenders.evaluation.ranking import evaluate_ranking
 from generative_recommenders.evaluation.target_groups import (
     COLD_ITEMS,
@@ -42,10 +47,9 @@ from generative_recommenders.evaluation.target_groups import (
 )
 from generative_recommenders.logs import get_logger
 from generative_recommenders.modeling.ctr_fields import ctr_training_loss
-from generative_recommenders.modeling.dssm import dssm_training_loss
 from generative_recommenders.modeling.losses import binary_cross_entropy_loss, training_loss
-from generative_recommenders.modeling.registry import model_task
-from generative_recommenders.trainer.config import TrainConfig
+from generative_recommenders.modeling.registry import TrainingLoss, model_spec
+from generative_recommenders.trainer.config import ConfigError, TrainConfig
 from generative_recommenders.trainer.distributed import DistributedContext, gather_objects, reduce_metrics
 from generative_recommenders.trainer.protocol import protocol_views
 
@@ -67,6 +71,57 @@ class TaskViews:
     num_users: int = 0  # the CTR models' user-id field (0: the model has none)
 
 
+def bind_loss(loss: TrainingLoss, config: TrainConfig, **extra: Any) -> Callable[..., torch.Tensor]:
+    """``loss`` with its keyword parameters that are ``TrainConfig`` fields (or in ``extra`` and
+    accepted) set to the run's values: ``(model, batch, device) -> loss``."""
+    parameters = inspect.signature(loss).parameters
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    settings = {name: getattr(config, name) for name in parameters if name in fields}
+    settings.update({name: value for name, value in extra.items() if name in parameters})
+    return functools.partial(loss, **settings)
+
+
+class Task:
+    """What one task does differently; :class:`RetrievalTask` and :class:`CTRTask` fill it in."""
+
+    name: ClassVar[str]
+    reported_metrics: ClassVar[Tuple[str, ...]]
+    selection_metrics: ClassVar[Tuple[str, ...]]  # higher is better for each
+    samples_negatives: ClassVar[bool]  # whether training draws num_negatives from the catalogue
+    default_losses: ClassVar[Mapping[str, TrainingLoss]]
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def check(cls, config: TrainConfig) -> None:
+        """Refuses a setting this task (or the model's registration) cannot train with."""
+        losses = cls.losses_of(config.main_module)
+        if config.loss_module not in losses:
+            raise ConfigError(
+                f"train_fn.loss_module={config.loss_module!r} is not supported; {config.main_module} trains "
+                f"with {tuple(losses)}"
+            )
+        if config.selection_metric not in cls.selection_metrics:
+            raise ConfigError(
+                f"train_fn.selection_metric={config.selection_metric!r} is not supported; choose from "
+                f"{cls.selection_metrics}"
+            )
+
+    @classmethod
+    def losses_of(cls, model_name: str) -> Mapping[str, TrainingLoss]:
+        """The losses the model trains with: its registration's, else the task's."""
+        return model_spec(model_name).losses or cls.default_losses
+
+    def training_loss(self, device: torch.device) -> Callable[..., torch.Tensor]:
+        """The run's loss, ``(model, batch, device) -> loss``, settings bound."""
+        return bind_loss(self.losses_of(self.config.main_module)[self.config.loss_module], self.config)
+
+    def untrained_items(self, data: SequenceDataset, views: TaskViews) -> np.ndarray:
+        """Bool by 0-based item index: the items no training example of this run held."""
+        raise NotImplementedError
+
+
 @dataclasses.dataclass
 class Evaluation:
     """One evaluation's metrics, how many ``unit`` it covered, and its groups."""
@@ -77,14 +132,17 @@ class Evaluation:
     unit: str = "users"  # what ``count`` counts: users (retrieval) or samples (ctr)
 
 
-class RetrievalTask:
+class RetrievalTask(Task):
     """Next-item prediction, full-ranking evaluation with per-group metrics."""
 
     name = "retrieval"
     reported_metrics = DEFAULT_REPORTED
+    selection_metrics = METRIC_NAMES
+    samples_negatives = True
+    default_losses = {"SampledSoftmaxLoss": training_loss, "BinaryCrossEntropyLoss": binary_cross_entropy_loss}
 
     def __init__(self, config: TrainConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.item_counts = None
         self.cold_item_ids = None
         self.negative_item_ids: Optional[torch.Tensor] = None  # the catalogue without the cold items
@@ -102,7 +160,10 @@ class RetrievalTask:
             catalogue = np.arange(1, data.num_items + 1)
             self.negative_item_ids = torch.from_numpy(np.setdiff1d(catalogue, split.cold_item_ids))
             views.train = protocol_views(train_data, config.max_sequence_length, config.eval_protocol).train
-            header["cold_item_split"] = split.summary()
+            id2item = data.maps.get("id2item") if data.maps else None
+            held_out = [id2item[k - 1] for k in split.cold_item_ids] if id2item else (split.cold_item_ids - 1).tolist()
+            # The held-out items by the dataset's own ids: what a Recommender of this run checks its split against.
+            header["cold_item_split"] = {**split.summary(), "held_out_item_ids": held_out}
         if config.training_samples == "per_position":  # GRE-B: one sample per training position
             views.train = PerPositionView(train_data, config.max_sequence_length, views.train.ignore_last_n)
         self.item_counts = training_item_counts(train_data, num_held_out)
@@ -113,32 +174,24 @@ class RetrievalTask:
             views.eval, views.test, collate = SeenItemsView(views.eval), SeenItemsView(views.test), collate_with_seen_items
         return TaskViews(views.train, views.eval, views.test, views.eval_split, collate, header)
 
-    def loss(self, model_name: str, device: torch.device) -> Callable[..., torch.Tensor]:
-        """The model's training loss; with a cold-item split, uniform negatives leave the cold items out
+    def training_loss(self, device: torch.device) -> Callable[..., torch.Tensor]:
+        """The run's loss; with a cold-item split, uniform negatives leave the cold items out
         (their ids moved to ``device`` once, not at every step)."""
-        config = self.config
-        negatives = {} if self.negative_item_ids is None else {"negative_item_ids": self.negative_item_ids.to(device)}
-        if config.loss_module == "SampledSoftmaxLoss":
-            return functools.partial(
-                training_loss,
-                sampling_strategy=config.sampling_strategy,
-                num_negatives=config.num_negatives,
-                temperature=config.temperature,
-                **negatives,
-            )
-        last_only = config.training_samples == "per_position"  # the loss at each sample's target only
-        if model_name == "DSSM":
-            return functools.partial(
-                dssm_training_loss, num_negatives=config.num_negatives, last_position_only=last_only, **negatives
-            )
-        return functools.partial(
-            binary_cross_entropy_loss,
-            num_negatives=config.num_negatives,
-            temperature=config.temperature,
-            item_l2_norm=config.item_l2_norm,
-            last_position_only=last_only,
-            **negatives,
-        )
+        loss = self.losses_of(self.config.main_module)[self.config.loss_module]
+        # Per-position samples: the loss at each sample's target only (a loss that has the choice).
+        extra: Dict[str, Any] = {"last_position_only": self.config.training_samples == "per_position"}
+        if self.negative_item_ids is not None:
+            extra["negative_item_ids"] = self.negative_item_ids.to(device)
+        return bind_loss(loss, self.config, **extra)
+
+    def untrained_items(self, data: SequenceDataset, views: TaskViews) -> np.ndarray:
+        """Items in no training example of the protocol's (cold-item split included) training view."""
+        seen = np.zeros(data.num_items + 1, dtype=bool)
+        for index in range(len(views.train)):
+            example = views.train[index]
+            seen[example["history_ids"]] = True
+            seen[example["target_id"]] = True
+        return ~seen[1:]
 
     def _target_groups(self, num_items: int) -> List[TargetGroupAccumulator]:
         groups = [popularity_groups(self.item_counts)]
@@ -183,14 +236,34 @@ def _merge_across_ranks(groups: Sequence[TargetGroupAccumulator], context: Distr
     return gathered[0]
 
 
-class CTRTask:
+class CTRTask(Task):
     """Click-through rate on labelled samples, AUC and Logloss."""
 
     name = "ctr"
     reported_metrics = CTR_METRIC_NAMES
+    selection_metrics = ("auc",)
+    samples_negatives = False  # the samples carry their negatives (data/ctr.py)
+    default_losses = {"BinaryCrossEntropyLoss": ctr_training_loss}
 
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
+    @classmethod
+    def check(cls, config: TrainConfig) -> None:
+        try:
+            super().check(config)
+        except ConfigError as error:  # most likely a retrieval config with a CTR model
+            raise ConfigError(
+                f"{error}: {config.main_module} is a ranking (CTR) model; start from a CTR config "
+                "(configs/greb/din.gin, configs/greb/deepfm.gin)"
+            ) from None
+        if not config.validated:
+            raise ConfigError(
+                f"train_fn.eval_protocol = \"{config.eval_protocol}\": {config.main_module} (a CTR model) trains "
+                "under the validated protocol only (its validation split selects the epoch)"
+            )
+        if config.training_samples != "window":
+            raise ConfigError(f"train_fn.training_samples is for retrieval models; drop it for {config.main_module}")
+        for name in ("cold_item_share", "length_bucketed_batches", "mask_seen_items"):
+            if getattr(config, name):
+                raise ConfigError(f"train_fn.{name} is for retrieval models; drop it for {config.main_module}")
 
     def views(self, data: SequenceDataset, data_dir: Path) -> TaskViews:
         config = self.config
@@ -209,9 +282,9 @@ class CTRTask:
         }
         return TaskViews(train, valid, test, "valid", collate_ctr, header, train.num_categories, data.num_users)
 
-    def loss(self, model_name: str, device: torch.device) -> Callable[..., torch.Tensor]:
-        del model_name, device  # every CTR model: binary cross-entropy on the labels
-        return ctr_training_loss
+    def untrained_items(self, data: SequenceDataset, views: TaskViews) -> np.ndarray:
+        """Items in no training sample as a positive or a behaviour (the training part of each sequence)."""
+        return training_item_counts(data)[1:] == 0
 
     def evaluate(
         self,
@@ -228,6 +301,11 @@ class CTRTask:
         return Evaluation(merged.metrics(), merged.count, unit="samples")
 
 
-def task_for(config: TrainConfig) -> RetrievalTask | CTRTask:
-    """The task ``config.main_module`` trains on."""
-    return CTRTask(config) if model_task(config.main_module) == "ctr" else RetrievalTask(config)
+TASKS: Dict[str, Type[Task]] = {task.name: task for task in (RetrievalTask, CTRTask)}
+
+
+def task_for(config: TrainConfig) -> Task:
+    """The task ``config.main_module`` trains on, the config checked against it."""
+    task = TASKS[config.task]
+    task.check(config)
+    return task(config)

@@ -1,9 +1,10 @@
 """The training loop: gin-configured, on one process (CPU or GPU) or several (``distributed.py``).
 
 ``train_fn`` is the gin entry point, with the HSTU reference's parameter
-names (its gin files load unchanged). It checks its arguments into one frozen
-:class:`TrainConfig` and calls :func:`train`, a short loop over named pieces:
-:func:`build` (data views, loaders, model, optimizer, LR warm-up),
+names (its gin files load unchanged; its parameters are :class:`TrainConfig`'s
+fields). It checks its arguments into one frozen :class:`TrainConfig` and calls
+:func:`train`, a short loop over named pieces: :func:`build` (the run assembled
+by ``assembly.py``, then loaders, optimizer, LR schedule),
 :func:`resume_or_start`, :func:`train_epoch` (which runs :func:`train_step`,
 the one training step, also what the throughput benchmark times),
 :func:`evaluate` and :func:`final_test`. What differs between the retrieval
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import os
 import random
@@ -33,13 +33,12 @@ from tqdm import tqdm
 from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.data.batching import LengthBucketedBatchSampler, history_lengths
 from generative_recommenders.data.dataset import collate_sequences, repeated_target_shares
-from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
+from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.logs import configure_logging, get_logger
-from generative_recommenders.modeling.registry import ModelInputs, build_model, import_model_modules
+from generative_recommenders.modeling.registry import ReportsBackends, import_model_modules
 from generative_recommenders.ops import jagged
-from generative_recommenders.ops.sequences import DEFAULT_ATTENTION_BACKEND
-from generative_recommenders.text.embedding_store import load_dataset_text_embeddings
+from generative_recommenders.trainer.assembly import assemble
 from generative_recommenders.trainer.checkpoint import (
     CHECKPOINT_FILE,
     ResumableSampler,
@@ -48,7 +47,13 @@ from generative_recommenders.trainer.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from generative_recommenders.trainer.config import ConfigError, TrainConfig, bound_parameter, parse_gin
+from generative_recommenders.trainer.config import (
+    PROCESS_ARGUMENTS,
+    ConfigError,
+    TrainConfig,
+    parse_gin,
+    train_fn_signature,
+)
 from generative_recommenders.trainer.distributed import (
     DistributedContext,
     ShardSampler,
@@ -64,7 +69,7 @@ from generative_recommenders.trainer.distributed import (
 from generative_recommenders.trainer.protocol import ModelSelection
 from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, check_existing_run
 from generative_recommenders.trainer.run_log import RunLog, gin_config_mapping, provenance
-from generative_recommenders.trainer.tasks import CTRTask, Evaluation, RetrievalTask, TaskViews, task_for
+from generative_recommenders.trainer.tasks import Evaluation, Task, TaskViews, task_for
 
 logger = get_logger(__name__)
 import_model_modules()  # the models' gin configurables (hstu_encoder, ...) must exist before a config is parsed
@@ -110,30 +115,6 @@ def create_data_loader(
     )
 
 
-def model_inputs(
-    config: TrainConfig,
-    num_items: int,
-    text_embeddings: Optional[torch.Tensor],
-    num_categories: int = 0,
-    num_users: int = 0,
-) -> ModelInputs:
-    """What the model registry's builders get from a run's config and data."""
-    return ModelInputs(
-        num_items=num_items,
-        embedding_dim=config.item_embedding_dim,
-        num_positions=config.num_positions,
-        dropout_rate=config.dropout_rate,
-        user_embedding_norm=config.user_embedding_norm,
-        item_l2_norm=config.item_l2_norm,
-        l2_norm_eps=config.l2_norm_eps,
-        text_embeddings=text_embeddings,
-        attention_backend=config.attention_backend,
-        jagged_backend=config.jagged_backend,
-        num_categories=num_categories,
-        num_users=num_users,
-    )
-
-
 @dataclasses.dataclass
 class Progress:
     """Where training stands; with the model, optimizer and generators it is all a resume needs."""
@@ -154,7 +135,7 @@ class TrainingRun:
     context: DistributedContext
     gin_config: str
     data: SequenceDataset
-    task: RetrievalTask | CTRTask
+    task: Task
     views: TaskViews
     train_sampler: Any  # ResumableSampler or LengthBucketedBatchSampler: both have set_position
     train_loader: torch.utils.data.DataLoader
@@ -182,7 +163,7 @@ def warmup_factor(num_warmup_steps: int) -> Callable[[int], float]:
 
 
 def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> TrainingRun:
-    """Reads the data and builds the loaders, the model, its optimizer and LR schedule."""
+    """Assembles the run (data, task, views, model) and builds its loaders, optimizer and LR schedule."""
     seed_everything(config.random_seed)
     device = context.device
     if config.deterministic:
@@ -192,20 +173,14 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         torch.backends.cuda.matmul.allow_tf32 = config.enable_tf32
         torch.backends.cudnn.allow_tf32 = config.enable_tf32
 
-    data_dir = Path(config.data_root) / config.dataset_name
-    data = load_sequence_dataset(data_dir)
-    text_embeddings = (
-        load_dataset_text_embeddings(data_dir, config.text_embedding_model, data.num_items)
-        if config.with_text
-        else None
-    )
-    if config.task == "retrieval" and config.num_negatives > data.num_items and context.is_main:
+    # Same initial weights on every rank (seeded above).
+    assembly = assemble(config, device=device)
+    data, task, views, model = assembly.data, assembly.task, assembly.views, assembly.model
+    if task.samples_negatives and config.num_negatives > data.num_items and context.is_main:
         logger.warning(
             "train_fn.num_negatives = %d is more than the %d items of %s: negatives repeat within a position",
             config.num_negatives, data.num_items, config.dataset_name,
         )
-    task = task_for(config)
-    views = task.views(data, data_dir)
     if len(views.train) == 0:
         raise ConfigError(
             f"{config.dataset_name}: no user has enough items to train under the {config.eval_protocol} protocol"
@@ -231,10 +206,7 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
     )
     eval_loader = create_data_loader(views.eval, config.eval_batch_size, eval_order, collate_fn=views.collate)
 
-    inputs = model_inputs(config, data.num_items, text_embeddings, views.num_categories, views.num_users)
-    model = build_model(config.main_module, inputs).to(device)
-    # Same initial weights on every rank (seeded above); from here each rank draws its own
-    # negatives and dropout masks.
+    # From here each rank draws its own negatives and dropout masks.
     seed_everything(process_seed(config.random_seed, context))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay
@@ -261,7 +233,7 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         # A partial evaluation covers about the same number of users in any number of processes.
         partial_eval_batches=math.ceil(config.partial_eval_num_iters / context.world_size),
         model=model,
-        train_module=wrap_for_training(model, task.loss(config.main_module, context.device), context),
+        train_module=wrap_for_training(model, task.training_loss(context.device), context),
         optimizer=optimizer,
         scheduler=scheduler,
         plateau=plateau,
@@ -330,15 +302,7 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
     )
     if checkpoint is None:
         run.log.hyperparameters(
-            {
-                "dataset": config.dataset_name, "model": model.description(), "main_module": config.main_module,
-                "text_embedding_model": config.text_embedding_model or "none", "protocol": config.eval_protocol,
-                "seed": config.random_seed, "num_epochs": config.num_epochs, "learning_rate": config.learning_rate,
-                "weight_decay": config.weight_decay, "dropout_rate": config.dropout_rate,
-                "batch_size": config.local_batch_size, "max_sequence_length": config.max_sequence_length,
-                "item_embedding_dim": config.item_embedding_dim, "num_negatives": config.num_negatives,
-                "temperature": config.temperature, "patience": config.patience or 0,
-            },
+            {"model": model.description(), **config.hyperparameters()},
             [f"valid/{config.selection_metric}", *(f"test_best/{m}" for m in run.task.reported_metrics)]
             if config.validated
             else [f"test/{m}" for m in run.task.reported_metrics],
@@ -477,13 +441,9 @@ def final_test(run: TrainingRun, progress: Progress) -> Dict[str, Any]:
     """Saves the weights and reports what the protocol reports: the test of the best and of the last
     weights (validated), or the last full evaluation (reference)."""
     config, context, log, selection = run.config, run.context, run.log, run.selection
-    in_use = getattr(getattr(run.model, "encoder", None), "attention_backend_in_use", None)
-    if in_use is not None:  # what ran, after the probe of the Triton kernel (CUDA) had its say
-        log.results["attention_backend"] = {
-            "requested": config.attention_backend,
-            "training": in_use(run.device, training=True),
-            "evaluation": in_use(run.device, training=False),
-        }
+    in_use = run.model.backends_in_use(run.device) if isinstance(run.model, ReportsBackends) else {}
+    if in_use:  # what ran, after the probe of the Triton kernel (CUDA) had its say
+        log.results["attention_backend"] = {"requested": config.attention_backend, **in_use}
     log.results["jagged_backend"] = jagged.resolve_backend(config.jagged_backend)
     log.results["train_seconds"] = progress.train_seconds
     log.results["train_sequences_per_second"] = progress.train_sequences / max(progress.train_seconds, 1e-9)
@@ -559,83 +519,38 @@ def train(
         return final_test(run, progress)
 
 
-@gin.configurable(denylist=["resume", "overwrite", "context"])
-def train_fn(
-    dataset_name: str = "ml100k",
-    max_sequence_length: int = 200,
-    local_batch_size: int = 128,
-    eval_batch_size: int = 128,
-    main_module: str = "HSTU",
-    dropout_rate: float = 0.2,
-    user_embedding_norm: str = "l2_norm",
-    sampling_strategy: str = "local",
-    loss_module: str = "SampledSoftmaxLoss",
-    num_negatives: int = 128,
-    item_l2_norm: bool = True,
-    temperature: float = 0.05,
-    num_epochs: int = 101,
-    learning_rate: float = 1e-3,
-    weight_decay: float = 0.0,
-    num_warmup_steps: int = 0,
-    eval_interval: int = 100,
-    full_eval_every_n: int = 1,
-    save_ckpt_every_n: int = 1000,
-    partial_eval_num_iters: int = 32,
-    embedding_module_type: str = "local",
-    item_embedding_dim: int = 64,
-    interaction_module_type: str = "DotProduct",
-    top_k_method: str = "MIPSBruteForceTopK",
-    l2_norm_eps: float = 1e-6,
-    enable_tf32: bool = False,
-    feat_prep: str = "LearnablePositionalEmbeddingInputFeaturesPreprocessor",
-    text_embedding_model: Optional[str] = None,
-    random_seed: int = 42,
-    gr_output_length: int = 10,
-    eval_protocol: str = "validated",
-    selection_metric: str = "ndcg@10",
-    patience: Optional[int] = None,
-    checkpoint_every_n_steps: Optional[int] = 1000,
-    deterministic: bool = False,
-    length_bucketed_batches: bool = False,
-    autocast_bf16: bool = False,
-    rank_cap: Optional[int] = None,
-    attention_backend: str = DEFAULT_ATTENTION_BACKEND,
-    jagged_backend: str = jagged.DEFAULT_BACKEND,
-    data_root: str = "tmp",
-    output_root: str = "exps",
-    run_name: Optional[str] = None,
-    cold_item_share: Optional[float] = None,
-    lr_plateau_factor: Optional[float] = None,
-    lr_plateau_patience: int = 1,
-    training_samples: str = "window",
-    mask_seen_items: bool = False,
-    adam_beta2: float = 0.98,
-    grad_clip_norm: Optional[float] = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    context: Optional[DistributedContext] = None,
-) -> Dict[str, Any]:
+def train_fn(**arguments: Any) -> Dict[str, Any]:
     """Trains and evaluates one model; returns (and writes) the results record.
 
-    The parameters are the reference's names plus this project's; what each
-    means is in :class:`~generative_recommenders.trainer.config.TrainConfig`.
-    Not gin parameters: ``resume`` continues from the checkpoint (the config
-    must equal the checkpoint's, but for a larger ``num_epochs``);
-    ``overwrite`` replaces what the run folder holds; ``context`` places this
-    process in a multi-process run (default: one process, on the GPU when there
-    is one).
+    The parameters are :class:`~generative_recommenders.trainer.config.TrainConfig`'s
+    fields (the reference's names plus this project's; each is documented there)
+    and, not gin parameters: ``resume`` continues from the checkpoint (the config
+    must equal the checkpoint's, but for a larger ``num_epochs``); ``overwrite``
+    replaces what the run folder holds; ``context`` places this process in a
+    multi-process run (default: one process, on the GPU when there is one).
     """
-    del save_ckpt_every_n
-    arguments = dict(locals())
+    resume, overwrite, context = (arguments.pop(name, default) for name, default in PROCESS_ARGUMENTS.items())
     config = TrainConfig.from_arguments(arguments)
     return train(config, context or single_process_context(), gin.config_str(), resume, overwrite)
 
 
+# gin reads the parameters (and refuses a binding of no parameter) from this signature.
+train_fn.__signature__ = train_fn_signature()  # type: ignore[attr-defined]
+train_fn = gin.configurable("train_fn", denylist=list(PROCESS_ARGUMENTS))(train_fn)
+
+
 def config_from_gin() -> TrainConfig:
     """The checked config ``train_fn`` would run with under the gin config parsed now."""
-    parameters = inspect.signature(train_fn).parameters
-    arguments = {name: bound_parameter(f"train_fn.{name}", p.default) for name, p in parameters.items()}
-    return TrainConfig.from_arguments(arguments)
+    bound = {}
+    for name in train_fn_signature().parameters:
+        if name not in PROCESS_ARGUMENTS:
+            try:
+                bound[name] = gin.query_parameter(f"train_fn.{name}")
+            except ValueError:  # not bound: TrainConfig's default
+                pass
+    config = TrainConfig.from_arguments(bound)
+    task_for(config)  # the task's checks too
+    return config
 
 
 def train_config_file(
