@@ -29,6 +29,7 @@ train_throughput = _benchmark("train_throughput")
 attention = _benchmark("attention")
 preprocess_memory = _benchmark("preprocess_memory")
 paper_scale = _benchmark("paper_scale")
+greb_epoch = _benchmark("greb_epoch")
 
 
 def test_synthetic_histories_span_one_to_the_length():
@@ -144,3 +145,24 @@ def test_random_text_encoder_is_seeded():
     first = paper_scale.RandomEncoder().encode(["a", "b"])
     assert first.shape == (2, 768) and first.dtype == torch.float32
     assert torch.equal(first, paper_scale.RandomEncoder().encode(["c", "d"]))
+
+
+def test_greb_epoch_times_each_configs_epoch(tmp_path, capsys):
+    from test_train import cyclic_dataset
+
+    cyclic_dataset(tmp_path / "data")  # 320 users of 12 items
+    configs = []
+    for samples in ("window", "per_position"):
+        path = tmp_path / f"{samples}.gin"
+        path.write_text(
+            'train_fn.main_module = "GREBSASRec"\ntrain_fn.loss_module = "BinaryCrossEntropyLoss"\n'
+            "train_fn.num_negatives = 1\ntrain_fn.item_l2_norm = False\ntrain_fn.max_sequence_length = 5\n"
+            f'train_fn.item_embedding_dim = 8\ntrain_fn.local_batch_size = 512\ntrain_fn.training_samples = "{samples}"\n'
+        )
+        configs.append(str(path))
+    greb_epoch.main(["--data_root", str(tmp_path / "data"), "--dataset", "cyclic", "--configs", *configs,
+                     "--repeats", "1"])
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(str(tmp_path))}
+    # One window per user against one sample per training position (positions 1..9 of each user).
+    assert rows[configs[0]][2:4] == ["320", "1"] and rows[configs[1]][2:4] == ["2880", "6"]
+    assert all(float(row[4]) > 0 for row in rows.values())

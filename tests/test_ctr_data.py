@@ -48,15 +48,26 @@ def random_dataset(num_users=200, num_items=12, seed=0):
     )
 
 
+@pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
-def test_negatives_never_equal_the_positive_and_cover_the_rest(split):
-    samples = build_ctr_samples(random_dataset(), split, seed=3)
-    pos, neg = samples.target_ids[0::2], samples.target_ids[1::2]
-    assert (pos != neg).all()
+def test_negatives_are_never_in_the_users_sequence(split, seed):
+    # GRE-B's rule: a negative is an item the user never had, before or after the position.
+    data = random_dataset(seed=seed)
+    samples = build_ctr_samples(data, split, seed=seed)
+    users, neg = samples.user_index[1::2], samples.target_ids[1::2]
+    assert samples.labels[1::2].tolist() == [0.0] * len(neg)
     assert neg.min() >= 1 and neg.max() <= 12
-    if split == "train":
-        # Uniform over the other items: every (positive, negative) pair of distinct items shows up.
-        assert len(set(zip(pos.tolist(), neg.tolist()))) == 12 * 11
+    for user, negative in zip(users.tolist(), neg.tolist()):
+        assert negative - 1 not in data.item_ids[user]
+
+
+def test_negatives_are_uniform_over_the_unseen_items():
+    # One user of items {0, 1} in 5: negatives are items 2, 3 and 4 (ids 3-5), each about a third.
+    data = dataset([[0, 1] * 3000 + [0]], num_items=5)
+    negatives = build_ctr_samples(data, "train", seed=0).target_ids[1::2]
+    counts = np.bincount(negatives, minlength=6)
+    assert counts[:3].sum() == 0 and counts[3:].sum() == len(negatives)
+    assert np.allclose(counts[3:] / len(negatives), 1 / 3, atol=0.02)
 
 
 def test_seeded_and_reproducible():
@@ -83,9 +94,9 @@ def test_validation_and_test_positions_never_train():
     assert len(by_split["train"]) == expected_train
 
 
-def test_a_single_item_catalogue_cannot_have_negatives():
-    with pytest.raises(DatasetFormatError, match="at least 2 items"):
-        build_ctr_samples(dataset([[0, 0, 0]], 1), "test")
+def test_a_user_with_every_item_cannot_have_negatives():
+    with pytest.raises(DatasetFormatError, match="user index 0 has every item"):
+        build_ctr_samples(dataset([[0, 1, 0]], 2), "test")
 
 
 def write_metadata(folder, records):
@@ -103,13 +114,14 @@ def test_categories_from_genres_reach_the_batch(tmp_path):
     )
     categories = read_item_categories(tmp_path, 6)
     assert categories.names == ["Action", "Comedy", "Drama"] and categories.source_field == "genres"
-    assert categories.ids.tolist() == [0, 2, 1, 0, 3, 2, 1]  # row 0 padding, item 2 has none
+    # Every category of an item (row 0 padding, item 2 has none), right-padded.
+    assert categories.ids.tolist() == [[0, 0], [2, 3], [1, 0], [0, 0], [3, 0], [2, 0], [1, 0]]
     view = CTRView(HAND, "test", max_history_length=2, seed=0, categories=categories)
     assert view.has_categories and view.num_categories == 3
     batch = collate_ctr([view[i] for i in range(len(view))])
     assert batch["history_ids"].tolist() == [[3, 4], [3, 4], [3, 0], [3, 0]]
-    assert batch["history_categories"].tolist() == [[0, 3], [0, 3], [0, 0], [0, 0]]
-    assert batch["target_categories"][0::2].tolist() == [2, 3]
+    assert batch["history_categories"].tolist() == [[[0, 0], [3, 0]]] * 2 + [[[0, 0], [0, 0]]] * 2
+    assert batch["target_categories"][0::2].tolist() == [[2, 0], [3, 0]]
     assert batch["labels"].dtype == torch.float32 and batch["history_lengths"].tolist() == [2, 2, 1, 1]
 
 

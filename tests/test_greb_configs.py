@@ -8,21 +8,26 @@ import pytest
 import generative_recommenders.modeling.deepfm  # noqa: F401  (registers deepfm.*)
 import generative_recommenders.modeling.din  # noqa: F401  (registers din.*)
 import generative_recommenders.modeling.dssm  # noqa: F401  (registers dssm.*)
+import generative_recommenders.modeling.greb_sasrec  # noqa: F401  (registers greb_sasrec.*)
 import generative_recommenders.trainer.train  # noqa: F401  (registers train_fn.*, the encoders, text_fusion.*)
 
 GREB_ROOT = Path(__file__).resolve().parents[1] / "configs" / "greb"
-MODELS = {"sasrec": "SASRec", "dssm": "DSSM", "hstu": "HSTU", "din": "DIN", "deepfm": "DeepFM"}
+MODELS = {"sasrec": "GREBSASRec", "dssm": "DSSM", "hstu": "HSTU", "din": "DIN", "deepfm": "DeepFM"}
 RETRIEVAL = {"train_fn.max_sequence_length": 20, "train_fn.item_embedding_dim": 64, "train_fn.patience": 10,
-             "train_fn.selection_metric": "ndcg@10"}
+             "train_fn.selection_metric": "ndcg@10", "train_fn.mask_seen_items": True}
+GREB_RETRIEVAL = {"train_fn.training_samples": "per_position", "train_fn.adam_beta2": 0.999,
+                  "train_fn.weight_decay": 0, "train_fn.local_batch_size": 2048}
 CTR = {"train_fn.max_sequence_length": 20, "train_fn.item_embedding_dim": 32, "train_fn.patience": 3,
-       "train_fn.num_epochs": 10, "train_fn.weight_decay": 1e-6, "train_fn.selection_metric": "auc"}
+       "train_fn.num_epochs": 10, "train_fn.weight_decay": 1e-6, "train_fn.selection_metric": "auc",
+       "train_fn.adam_beta2": 0.999, "train_fn.grad_clip_norm": 1.0, "train_fn.lr_plateau_factor": 0.3,
+       "train_fn.lr_plateau_patience": 0, "train_fn.local_batch_size": 2048}
 # GRE-B's model settings, naive (and text where they differ).
 VALUES = {
-    "sasrec": {"sasrec_encoder.num_blocks": 2, "sasrec_encoder.num_heads": 2, "sasrec_encoder.ffn_hidden_dim": 128,
-               "sasrec_encoder.ffn_activation_fn": "gelu", "train_fn.dropout_rate": 0.5,
+    "sasrec": {**GREB_RETRIEVAL, "greb_sasrec.num_blocks": 2, "greb_sasrec.num_heads": 2, "greb_sasrec.ffn_hidden_dim": 128,
+               "greb_sasrec.activation": "gelu", "greb_sasrec.layer_norm_eps": 1e-12, "train_fn.dropout_rate": 0.5,
                "train_fn.learning_rate": 1e-3, "train_fn.loss_module": "BinaryCrossEntropyLoss",
                "train_fn.num_negatives": 1},
-    "dssm": {"dssm.mlp_dims": [128, 128, 128], "dssm.activation": "tanh", "dssm.dropout_rate": 0.3,
+    "dssm": {**GREB_RETRIEVAL, "dssm.mlp_dims": [128, 128, 128], "dssm.activation": "tanh", "dssm.dropout_rate": 0.3,
              "train_fn.num_negatives": 1, "train_fn.learning_rate": 1e-3},
     "hstu": {"train_fn.loss_module": "SampledSoftmaxLoss"},
     "din": {"din.attention_mlp_dims": [64, 32], "din.mlp_dims": [128, 64, 64], "din.activation": "dice",

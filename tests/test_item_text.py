@@ -258,7 +258,7 @@ def test_text_fields_no_item_has_are_an_error_listing_the_fields() -> None:
 
 def test_item_texts_local_fields_and_bad_arguments() -> None:
     assert item_texts([LOCAL_RECORD], "local", fields=["name"]) == ["Blue mug"]
-    assert set(RECIPES) == {"amazon", "steam", "movielens", "local"}
+    assert set(RECIPES) == {"amazon", "greb_amazon", "steam", "movielens", "local"}
     with pytest.raises(ValueError, match="unknown item text recipe"):
         item_texts([LOCAL_RECORD], "books")
     with pytest.raises(ValueError, match="'local' recipe only"):

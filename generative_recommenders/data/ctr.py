@@ -3,10 +3,10 @@
 Every interaction at position ``p >= 1`` of a user's sequence is a positive sample
 (label 1): its behaviour sequence is the (at most ``max_history_length``) items before
 it and its target is the item at ``p``. Each positive gets one negative sample (label 0)
-with the same behaviour sequence and a target drawn uniformly from the catalogue
-without the positive item. A negative may be an item of the user's history, as in
-GRE-B's uniform sampling. Negatives are drawn once per (seed, split), so a split is
-the same set of samples every epoch and on every run with the same seed.
+with the same behaviour sequence and a target drawn uniformly from the items that are
+not in the user's sequence at all (GRE-B's ``negative_sample_and_split``: never an item
+the user had, before or after ``p``). Negatives are drawn once per (seed, split), so a
+split is the same set of samples every epoch and on every run with the same seed.
 
 Splits, per user of ``n`` items:
 
@@ -18,8 +18,10 @@ Position 0 has no behaviour sequence and is never a sample.
 
 Ids are shifted by +1 so that 0 is padding; behaviour sequences are right-padded.
 Item categories (when the prepared dataset's item metadata has them, see
-:func:`read_item_categories`) come as one more field per item; without them the
-view's ``has_categories`` is False and the batches have no category keys.
+:func:`read_item_categories`) come as one more field per item, every category of
+the item (GRE-B mean-pools their embeddings); without them the view's
+``has_categories`` is False and the batches have no category keys. Each sample
+carries its user (``user_index``), GRE-B's user-id field.
 """
 
 from __future__ import annotations
@@ -36,17 +38,17 @@ from generative_recommenders.data.local import ITEM_METADATA_FILE, iter_item_rec
 from generative_recommenders.data.sequence_format import DatasetFormatError, SequenceDataset
 
 CTR_SPLITS = ("train", "valid", "test")
-# Item metadata fields that hold a category, and which entry of a list is taken:
-# MovieLens/Steam genres are unordered (the first is taken), Amazon's category path
-# runs from general to specific (the last, most specific, is taken).
-CATEGORY_FIELDS = {"genres": 0, "categories": -1}
+# Item metadata fields that hold categories (MovieLens/Steam genres, Amazon's category path);
+# every entry of a list is one of the item's categories, as GRE-B's ``categories`` token sequence.
+CATEGORY_FIELDS = ("genres", "categories")
 
 
 @dataclass
 class ItemCategories:
-    """One category per item: ``ids[k + 1]`` is item id k's category (1-based; 0: none)."""
+    """Every category of every item: row ``k + 1`` of ``ids`` holds item id k's categories
+    (1-based, right-padded with 0; a row of zeros: none)."""
 
-    ids: np.ndarray  # int64 [num_items + 1]; row 0 is padding
+    ids: np.ndarray  # int64 [num_items + 1, max categories per item]; row 0 is padding
     names: List[str]  # names[c - 1] names category c
     source_field: str
 
@@ -55,21 +57,21 @@ class ItemCategories:
         return len(self.names)
 
 
-def _category_of(value: Any, position: int) -> Optional[str]:
+def _categories_of(value: Any) -> List[str]:
     if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, list):
-        entries = [str(v).strip() for v in value if str(v).strip()]
-        return entries[position] if entries else None
-    return None
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    entries = [str(v).strip() for v in value if str(v).strip()]
+    return list(dict.fromkeys(entries))  # each once, in order
 
 
 def read_item_categories(data_dir: os.PathLike, num_items: int) -> Optional[ItemCategories]:
     """Item categories from a prepared dataset's ``item_metadata.jsonl``, or None.
 
-    The first field of :data:`CATEGORY_FIELDS` that any item has is used; items
-    without it get category 0 (none). None when the file is absent or no item
-    has a category field (e.g. Amazon 2014 Office): models then run without it.
+    The first field of :data:`CATEGORY_FIELDS` that any item has is used, every
+    entry of it; items without it have none. None when the file is absent or no
+    item has a category field (e.g. Amazon 2014 Office): models then run without it.
     """
     path = Path(data_dir) / ITEM_METADATA_FILE
     if not path.is_file():
@@ -77,13 +79,14 @@ def read_item_categories(data_dir: os.PathLike, num_items: int) -> Optional[Item
     records = [record for _, record in iter_item_records(path, skip_blank_lines=False)]
     if len(records) != num_items:
         raise DatasetFormatError(f"{path}: holds {len(records)} items, the dataset has {num_items}")
-    for field, position in CATEGORY_FIELDS.items():
-        categories = [_category_of(record.get(field), position) for record in records]
-        if any(c is not None for c in categories):
-            names = sorted({c for c in categories if c is not None})
+    for field in CATEGORY_FIELDS:
+        categories = [_categories_of(record.get(field)) for record in records]
+        if any(categories):
+            names = sorted({c for entries in categories for c in entries})
             index = {name: i + 1 for i, name in enumerate(names)}
-            ids = np.zeros(num_items + 1, dtype=np.int64)
-            ids[1:] = [0 if c is None else index[c] for c in categories]
+            ids = np.zeros((num_items + 1, max(len(entries) for entries in categories)), dtype=np.int64)
+            for item, entries in enumerate(categories, start=1):
+                ids[item, : len(entries)] = [index[c] for c in entries]
             return ItemCategories(ids, names, field)
     return None
 
@@ -120,6 +123,30 @@ def _right_padded_histories(items: np.ndarray, positions: np.ndarray, width: int
     return np.where(columns[None, :] < lengths[:, None], np.take_along_axis(left_padded, source, 1), 0)
 
 
+def draw_unseen_items(
+    data: SequenceDataset, user_index: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """One 1-based item per entry of ``user_index``, uniform over the items not in that user's sequence."""
+    negatives = np.zeros(len(user_index), dtype=np.int64)
+    order = np.argsort(user_index, kind="stable")
+    users, starts, counts = np.unique(user_index[order], return_index=True, return_counts=True)
+    for user, start, count in zip(users, starts, counts):
+        seen = np.unique(data.item_ids[user]) + 1
+        num_unseen = data.num_items - len(seen)
+        if num_unseen < 1:
+            raise DatasetFormatError(
+                f"{data.name}: user index {user} has every item of the catalogue, so no item is left "
+                "to draw as a negative; drop that user from the data"
+            )
+        # The k-th unseen item: draw k, then step past every seen id at or below it.
+        draws = rng.integers(1, num_unseen + 1, size=count)
+        shifted = draws.copy()
+        for seen_id in seen:
+            shifted += shifted >= seen_id
+        negatives[order[start : start + count]] = shifted
+    return negatives
+
+
 def build_ctr_samples(
     data: SequenceDataset, split: str, max_history_length: int = 20, seed: int = 0
 ) -> CTRSamples:
@@ -128,11 +155,6 @@ def build_ctr_samples(
         raise ValueError(f"split must be one of {CTR_SPLITS}, got {split!r}")
     if max_history_length < 1:
         raise ValueError(f"max_history_length must be >= 1, got {max_history_length}")
-    if data.num_items < 2:
-        raise DatasetFormatError(
-            f"{data.name}: a negative item must differ from the positive, which needs at least "
-            f"2 items; the dataset has {data.num_items}"
-        )
     users, histories, targets = [], [], []
     for user, items in enumerate(data.item_ids):
         positions = _split_positions(len(items), split)
@@ -146,9 +168,7 @@ def build_ctr_samples(
     user_index, positives = np.concatenate(users), np.concatenate(targets)
     history_ids = np.concatenate(histories)
     rng = np.random.default_rng([seed, CTR_SPLITS.index(split)])
-    # Uniform over the num_items - 1 other items: draw among them, then skip the positive.
-    draws = rng.integers(1, data.num_items, size=len(positives))
-    negatives = draws + (draws >= positives)
+    negatives = draw_unseen_items(data, user_index, rng)
     num_positives = len(positives)
     return CTRSamples(
         user_index=np.repeat(user_index, 2),
@@ -174,7 +194,7 @@ class CTRView(torch.utils.data.Dataset):
         seed: int = 0,
         categories: Optional[ItemCategories] = None,
     ) -> None:
-        if categories is not None and len(categories.ids) != data.num_items + 1:
+        if categories is not None and categories.ids.shape[0] != data.num_items + 1:
             raise ValueError(
                 f"categories cover {len(categories.ids) - 1} items, the dataset has {data.num_items}"
             )
@@ -204,7 +224,7 @@ class CTRView(torch.utils.data.Dataset):
         }
         if self.categories is not None:
             example["history_categories"] = self.categories.ids[example["history_ids"]]
-            example["target_category"] = int(self.categories.ids[example["target_id"]])
+            example["target_categories"] = self.categories.ids[example["target_id"]]
         return example
 
 
@@ -213,13 +233,15 @@ def collate_ctr(examples: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
 
     Keys: ``user_index``, ``history_ids [B, L]``, ``history_lengths [B]``,
     ``target_ids [B]``, ``labels [B]`` (float), and with categories
-    ``history_categories [B, L]`` and ``target_categories [B]``.
+    ``history_categories [B, L, C]`` and ``target_categories [B, C]`` (every
+    category of the item, right-padded with 0).
     """
     lengths = torch.tensor([len(e["history_ids"]) for e in examples], dtype=torch.int64)
     width = int(lengths.max())
     with_categories = "history_categories" in examples[0]
     ids = torch.zeros(len(examples), width, dtype=torch.int64)
-    categories = torch.zeros(len(examples), width, dtype=torch.int64)
+    per_item = examples[0]["target_categories"].shape[0] if with_categories else 0
+    categories = torch.zeros(len(examples), width, per_item, dtype=torch.int64)
     for b, e in enumerate(examples):
         ids[b, : len(e["history_ids"])] = torch.from_numpy(e["history_ids"])
         if with_categories:
@@ -233,7 +255,5 @@ def collate_ctr(examples: List[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
     }
     if with_categories:
         batch["history_categories"] = categories
-        batch["target_categories"] = torch.tensor(
-            [e["target_category"] for e in examples], dtype=torch.int64
-        )
+        batch["target_categories"] = torch.from_numpy(np.stack([e["target_categories"] for e in examples]))
     return batch

@@ -41,20 +41,23 @@ class SequenceView(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         user = int(self.users[index])
-        target = len(self.data.item_ids[user]) - 1 - self.ignore_last_n
-        start = max(0, target - self.max_sequence_length)
-        items = self.data.item_ids[user]
-        times = self.data.timestamps[user]
-        ratings = self.data.ratings[user]
-        return {
-            "user_index": user,
-            "history_ids": items[start:target] + 1,
-            "history_timestamps": times[start:target],
-            "history_ratings": ratings[start:target],
-            "target_id": int(items[target]) + 1,
-            "target_timestamp": int(times[target]),
-            "target_rating": float(ratings[target]),
-        }
+        return example_at(self.data, user, len(self.data.item_ids[user]) - 1 - self.ignore_last_n, self.max_sequence_length)
+
+
+def example_at(data: SequenceDataset, user: int, target: int, max_sequence_length: int) -> Dict[str, Any]:
+    """User ``user``'s example whose target is position ``target``: the (at most ``max_sequence_length``)
+    items before it are the history; ids + 1."""
+    start = max(0, target - max_sequence_length)
+    items, times, ratings = data.item_ids[user], data.timestamps[user], data.ratings[user]
+    return {
+        "user_index": user,
+        "history_ids": items[start:target] + 1,
+        "history_timestamps": times[start:target],
+        "history_ratings": ratings[start:target],
+        "target_id": int(items[target]) + 1,
+        "target_timestamp": int(times[target]),
+        "target_rating": float(ratings[target]),
+    }
 
 
 def repeated_target_shares(data: SequenceDataset, max_sequence_length: Optional[int]) -> Dict[str, float]:

@@ -42,7 +42,9 @@ def user_target_ranks(
     ``rank_cap`` and ``repeated_target`` (``"rank"``, or ``"miss"`` as the
     reference: a target that repeats a history item scores a miss) are those
     of :func:`~generative_recommenders.evaluation.metrics.target_ranks`, whose ranks these are
-    (computed by :func:`~generative_recommenders.evaluation.metrics.tiled_target_ranks`).
+    (computed by :func:`~generative_recommenders.evaluation.metrics.tiled_target_ranks`); the
+    items removed from the ranking are the batch's ``seen_item_ids`` when it has
+    them (GRE-B: every item before the target), else its history.
     ``model`` provides ``query_embeddings(ids, lengths, timestamps)`` and what
     :func:`candidate_embeddings` needs. Candidate embeddings are computed
     once; memory is bounded by batch size x catalogue size.
@@ -62,7 +64,8 @@ def user_target_ranks(
                 for key in ("history_ids", "history_lengths", "history_timestamps", "target_ids")
             )
             queries = model.query_embeddings(history, lengths, timestamps)
-            ranks = tiled_target_ranks(queries, candidates, targets, history, rank_cap, repeated_target, tile).cpu()
+            excluded = batch["seen_item_ids"].to(device, non_blocking=True) if "seen_item_ids" in batch else history
+            ranks = tiled_target_ranks(queries, candidates, targets, excluded, rank_cap, repeated_target, tile).cpu()
             yield batch["user_index"], batch["target_ids"], ranks
     finally:
         model.train(was_training)

@@ -1,9 +1,12 @@
-"""Building blocks of the CTR models (DIN, DeepFM): item fields, MLPs, Dice, the BCE step.
+"""Building blocks of the CTR models (DIN, DeepFM): fields, MLPs, Dice, the BCE step, as GRE-B's.
 
-An item is described by fields of one width ``D``: its id, its category when the
-data has categories, and with text its frozen text embedding as one more field
-(``LayerNorm(Dropout(Linear(text)))``, GRE-B's text field). CTR batches are those
-of ``data/ctr.py``'s ``collate_ctr``.
+GRE-B's ranker (``models/baseranker.py`` on RecStudio's feature preparation): an item
+is described by fields of one width ``D``: its id, its categories when the data has
+them (every category of the item, embeddings mean-pooled), and with text its frozen
+text embedding as one more field, ``LayerNorm(ReLU(Linear(text)))`` (GRE-B's
+``lm_projection`` with its dropout 0); the user's id is one more field. Weights start
+as GRE-B's ``init_parameters``: Xavier-normal embeddings and linear weights, zero
+biases, padding rows zero. CTR batches are those of ``data/ctr.py``'s ``collate_ctr``.
 """
 
 from __future__ import annotations
@@ -17,17 +20,17 @@ import torch.nn.functional as F
 class Dice(torch.nn.Module):
     """DIN's data-adaptive activation: ``p(x) x + (1 - p(x)) alpha x``, ``p = sigmoid(BN(x))``.
 
-    Takes ``[N, C]``; batch statistics (training) or running ones (evaluation)
-    per channel, as in the DIN paper.
+    RecStudio's ``Dice``: a BatchNorm1d (affine, eps 1e-8) per channel of the last
+    dimension, over every other dimension flattened; ``alpha`` starts at 0.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-8) -> None:
         super().__init__()
-        self.norm = torch.nn.BatchNorm1d(num_channels, eps=eps, affine=False)
+        self.norm = torch.nn.BatchNorm1d(num_channels, eps=eps)
         self.alpha = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.sigmoid(self.norm(x))
+        p = torch.sigmoid(self.norm(x.reshape(-1, x.size(-1)))).view_as(x)
         return p * x + (1 - p) * self.alpha * x
 
 
@@ -53,13 +56,14 @@ def mlp(
     dropout_rate: float,
     batch_norm: bool = False,
 ) -> torch.nn.Sequential:
-    """``Linear -> [BatchNorm] -> activation -> Dropout`` per width in ``dims`` (inputs ``[N, C]``)."""
+    """RecStudio's ``MLPModule``: ``Dropout -> Linear -> [BatchNorm] -> activation`` per width in ``dims``
+    (inputs ``[N, C]``)."""
     layers = []
     for width in dims:
-        layers.append(torch.nn.Linear(input_dim, width))
+        layers += [torch.nn.Dropout(dropout_rate), torch.nn.Linear(input_dim, width)]
         if batch_norm:
             layers.append(torch.nn.BatchNorm1d(width))
-        layers += [_activation(activation, width), torch.nn.Dropout(dropout_rate)]
+        layers.append(_activation(activation, width))
         input_dim = width
     return torch.nn.Sequential(*layers)
 
@@ -71,21 +75,53 @@ def mlp_to_logit(
     dropout_rate: float,
     batch_norm: bool = False,
 ) -> torch.nn.Sequential:
-    """:func:`mlp`, then a linear layer to one output."""
+    """:func:`mlp`, then a linear layer to one output (no dropout before it: GRE-B's DIN ``fc``)."""
     return torch.nn.Sequential(
         mlp(input_dim, dims, activation, dropout_rate, batch_norm),
         torch.nn.Linear(dims[-1] if dims else input_dim, 1),
     )
 
 
-class ItemFields(torch.nn.Module):
-    """Item ids (and categories) -> field embeddings ``[..., num_fields, D]``.
+def xavier_initialization(module: torch.nn.Module) -> None:
+    """GRE-B's ``init_parameters`` for one module (``module.apply`` it): Xavier-normal embeddings
+    (padding row zero) and linear weights, zero biases, LayerNorm 1 and 0."""
+    if isinstance(module, torch.nn.Embedding):
+        torch.nn.init.xavier_normal_(module.weight)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, torch.nn.Linear):
+        torch.nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    elif isinstance(module, torch.nn.LayerNorm):
+        torch.nn.init.ones_(module.weight)
+        torch.nn.init.zeros_(module.bias)
 
-    Fields in order: id; category when ``num_categories > 0``; text when a text
-    table ``[num_items + 1, T]`` is given (frozen, not in the state dict). Padding
-    (id 0, category 0) has zero id/category embeddings; its text row is zeros too,
-    but the text field's bias and LayerNorm make it non-zero, so callers mask
-    padded positions.
+
+def pooled_categories(table: torch.nn.Embedding, categories: torch.Tensor) -> torch.Tensor:
+    """The mean of ``table``'s rows over each item's categories ``[..., C]`` (0: padding) -> ``[..., D]``;
+    an item without categories gets zeros (RecStudio's mean ``SeqPoolingLayer``)."""
+    counts = (categories > 0).sum(-1, keepdim=True).clamp(min=1)
+    return table(categories).sum(-2) / counts.to(table.weight.dtype)
+
+
+def user_ids(batch: Dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The 1-based user ids of a CTR batch (``user_index + 1``); 0 (the padding user, a zero
+    embedding) where the batch names no user, e.g. a history typed in for recommendations."""
+    if "user_index" not in batch:
+        return torch.zeros_like(like)
+    return batch["user_index"].clamp(min=-1) + 1
+
+
+class ItemFields(torch.nn.Module):
+    """Item ids (and categories ``[..., C]``) -> field embeddings ``[..., num_fields, D]``.
+
+    Fields in order: id; categories (mean-pooled) when ``num_categories > 0``; text
+    when a text table ``[num_items + 1, T]`` is given (frozen, not in the state dict),
+    ``LayerNorm(ReLU(Linear(text)))``. Padding (id 0, categories 0) has zero
+    id/category embeddings; its text field is not zero (the LayerNorm), so callers
+    mask padded positions.
     """
 
     def __init__(
@@ -94,7 +130,6 @@ class ItemFields(torch.nn.Module):
         embedding_dim: int,
         num_categories: int = 0,
         text_embeddings: Optional[torch.Tensor] = None,
-        text_dropout_rate: float = 0.1,
     ) -> None:
         super().__init__()
         self.num_items = num_items
@@ -103,11 +138,6 @@ class ItemFields(torch.nn.Module):
         self.category_embedding = (
             torch.nn.Embedding(num_categories + 1, embedding_dim, padding_idx=0) if num_categories > 0 else None
         )
-        for table in (self.id_embedding, self.category_embedding):
-            if table is not None:
-                torch.nn.init.trunc_normal_(table.weight, std=0.02, a=-0.04, b=0.04)
-                with torch.no_grad():
-                    table.weight[0].zero_()
         self.text_field: Optional[torch.nn.Module] = None
         if text_embeddings is not None:
             if text_embeddings.dim() != 2 or text_embeddings.size(0) != num_items + 1:
@@ -118,7 +148,7 @@ class ItemFields(torch.nn.Module):
             self.register_buffer("text_embeddings", text_embeddings.float(), persistent=False)
             self.text_field = torch.nn.Sequential(
                 torch.nn.Linear(text_embeddings.size(1), embedding_dim),
-                torch.nn.Dropout(text_dropout_rate),
+                torch.nn.ReLU(),
                 torch.nn.LayerNorm(embedding_dim),
             )
         self.num_fields = 1 + (self.category_embedding is not None) + (self.text_field is not None)
@@ -135,7 +165,7 @@ class ItemFields(torch.nn.Module):
                     "the model was built with item categories but the batch has none "
                     "(build it with num_categories=0 for data without categories)"
                 )
-            fields.append(self.category_embedding(categories))
+            fields.append(pooled_categories(self.category_embedding, categories))
         if self.text_field is not None:
             fields.append(self.text_field(self.text_embeddings[item_ids]))
         return torch.stack(fields, dim=-2)
@@ -150,7 +180,7 @@ class ItemFields(torch.nn.Module):
 
 
 class CTRModel(torch.nn.Module):
-    """A CTR model over :class:`ItemFields`: ``forward(batch) -> logits [B]``."""
+    """A CTR model over :class:`ItemFields` and a user-id field: ``forward(batch) -> logits [B]``."""
 
     def __init__(
         self,
@@ -158,10 +188,15 @@ class CTRModel(torch.nn.Module):
         embedding_dim: int,
         num_categories: int,
         text_embeddings: Optional[torch.Tensor],
-        text_dropout_rate: float,
+        num_users: int,
     ) -> None:
         super().__init__()
-        self.fields = ItemFields(num_items, embedding_dim, num_categories, text_embeddings, text_dropout_rate)
+        self.fields = ItemFields(num_items, embedding_dim, num_categories, text_embeddings)
+        self.user_embedding = torch.nn.Embedding(num_users + 1, embedding_dim, padding_idx=0)
+
+    def user_field(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The user-id field ``[B, D]`` (zeros for a batch without users)."""
+        return self.user_embedding(user_ids(batch, batch["target_ids"]))
 
     @property
     def num_items(self) -> int:

@@ -19,7 +19,11 @@ import torch
 
 from generative_recommenders.modeling.ctr_fields import mlp
 from generative_recommenders.modeling.item_embeddings import item_embedding_module
-from generative_recommenders.modeling.losses import binary_cross_entropy_with_negatives, sample_negatives
+from generative_recommenders.modeling.losses import (
+    binary_cross_entropy_with_negatives,
+    predicting_positions,
+    sample_negatives,
+)
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 
 
@@ -83,9 +87,10 @@ def dssm_training_loss(
     device: torch.device,
     num_negatives: int = 1,
     negative_item_ids: Optional[torch.Tensor] = None,
+    last_position_only: bool = False,
 ) -> torch.Tensor:
     """Binary cross-entropy with uniform negatives (from ``negative_item_ids`` when given) at
-    every position of the sequence.
+    every position of the sequence (``last_position_only``: at the target only).
 
     Over a batch of ``collate_sequences`` (history with the target appended), position
     ``p >= 1`` is a sample: its query is the user tower on the mean of the items before
@@ -101,7 +106,7 @@ def dssm_training_loss(
     valid = (positions.unsqueeze(0) <= lengths.unsqueeze(1)).unsqueeze(-1)
     prefix_sums = torch.cumsum(embedded * valid, dim=1)[:, :-1]
     prefix_means = prefix_sums / positions[1:].view(1, -1, 1).to(embedded.dtype)
-    predicts_next = positions[:-1].unsqueeze(0) < lengths.unsqueeze(1)
+    predicts_next = predicting_positions(lengths, ids.size(1) - 1, last_position_only)
     queries = model.user_vectors(prefix_means[predicts_next])
     positive_ids = ids[:, 1:][predicts_next]
     negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items, candidate_ids=negative_item_ids)

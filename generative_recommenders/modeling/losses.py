@@ -286,6 +286,15 @@ def binary_cross_entropy_with_negatives(
     return (F.softplus(-positive_logits) + negative_terms).mean()
 
 
+def predicting_positions(lengths: torch.Tensor, width: int, last_position_only: bool) -> torch.Tensor:
+    """``[B, width]``: the history positions whose output predicts the next item and is trained:
+    every one (``p < lengths``), or only the last (``p == lengths - 1``, the one predicting the target)."""
+    positions = torch.arange(width, device=lengths.device).unsqueeze(0)
+    if last_position_only:
+        return positions == (lengths - 1).unsqueeze(1)
+    return positions < lengths.unsqueeze(1)
+
+
 def binary_cross_entropy_loss(
     model: SequentialRecommender,
     batch: Dict[str, torch.Tensor],
@@ -294,12 +303,15 @@ def binary_cross_entropy_loss(
     temperature: float = 1.0,
     item_l2_norm: bool = False,
     negative_item_ids: Optional[torch.Tensor] = None,
+    last_position_only: bool = False,
 ) -> torch.Tensor:
     """Next-item binary cross-entropy at every history position, uniform negatives (GRE-B's SASRec).
 
     Each position's logits are ``q . e / temperature`` for the next item (label 1)
     and ``num_negatives`` items drawn uniformly from the catalogue, or from
     ``negative_item_ids`` (label 0); see :func:`binary_cross_entropy_with_negatives`.
+    ``last_position_only``: only the last history position, which predicts the
+    target, counts (GRE-B's per-position samples, ``data/per_position.py``).
     """
     lengths = batch["history_lengths"].to(device, non_blocking=True)
     target_ids = batch["target_ids"].to(device, non_blocking=True)
@@ -308,7 +320,7 @@ def binary_cross_entropy_loss(
     )
     embeddings = model.item_embeddings(ids)
     encoded = model.encode(ids, lengths + 1, batch["history_timestamps"].to(device), embeddings)
-    predicts_next = torch.arange(ids.size(1) - 1, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    predicts_next = predicting_positions(lengths, ids.size(1) - 1, last_position_only)
     queries = encoded[:, :-1][predicts_next]
     positive_ids = ids[:, 1:][predicts_next]
     negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items, candidate_ids=negative_item_ids)

@@ -28,6 +28,7 @@ from generative_recommenders.errors import UserError
 MODEL_MODULES = (
     "generative_recommenders.modeling.hstu",
     "generative_recommenders.modeling.sasrec",
+    "generative_recommenders.modeling.greb_sasrec",
     "generative_recommenders.modeling.dssm",
     "generative_recommenders.modeling.din",
     "generative_recommenders.modeling.deepfm",
@@ -44,6 +45,7 @@ class ModelInputs:
     ``text_embeddings [num_items + 1, T]`` (row 0 padding) is the frozen item
     text table, or None for an id-only model. ``num_categories``: item
     categories of the data (0: none; CTR models then run without that field).
+    ``num_users``: users of the data (CTR models' user-id field; 0: none).
     """
 
     num_items: int
@@ -57,6 +59,7 @@ class ModelInputs:
     attention_backend: str = "auto"
     jagged_backend: str = "auto"
     num_categories: int = 0
+    num_users: int = 0
 
 
 @runtime_checkable

@@ -97,6 +97,19 @@ class SequentialRecommender(torch.nn.Module):
         """Item embeddings as they are scored, in training and evaluation alike (``item_l2_norm``)."""
         return l2_normalize(embeddings, self.l2_norm_eps) if self.item_l2_norm else embeddings
 
+    def inputs_and_positions(
+        self, item_ids: torch.Tensor, input_embeddings: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_embeddings`` (the items' when None), ``positions [L])`` of padded ``item_ids [B, L]``."""
+        length = item_ids.size(1)
+        if length > self.num_positions:
+            raise ValueError(
+                f"batch padded to {length} exceeds num_positions {self.num_positions}"
+            )
+        if input_embeddings is None:
+            input_embeddings = self.item_embeddings(item_ids)
+        return input_embeddings, torch.arange(length, device=item_ids.device)
+
     def encode(
         self,
         item_ids: torch.Tensor,
@@ -109,14 +122,7 @@ class SequentialRecommender(torch.nn.Module):
         ``timestamps [B, L]`` holds, at position ``lengths[b]`` when it exists,
         the time of the request (the target's time).
         """
-        if input_embeddings is None:
-            input_embeddings = self.item_embeddings(item_ids)
-        length = item_ids.size(1)
-        if length > self.num_positions:
-            raise ValueError(
-                f"batch padded to {length} exceeds num_positions {self.num_positions}"
-            )
-        positions = torch.arange(length, device=item_ids.device)
+        input_embeddings, positions = self.inputs_and_positions(item_ids, input_embeddings)
         x = input_embeddings * math.sqrt(self.embedding_dim) + self.position_embedding(positions)
         x = self.input_dropout(x)
         valid = (positions.unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)

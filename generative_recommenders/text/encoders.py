@@ -5,7 +5,7 @@
   layer), a static baseline; works offline.
 * ``blair`` / ``blair-large``: BLaIR RoBERTa checkpoints from the Hugging Face Hub, CLS pooling.
 * ``gre-small`` / ``gre-base`` / ``gre-large``: GRE's recommendation-oriented text embedding
-  checkpoints from the Hugging Face Hub, mean pooling unless ``pooling`` says otherwise.
+  checkpoints from the Hugging Face Hub, CLS pooling, unnormalized (GRE-B's ``pooler: cls``).
 * ``hf:<name-or-path>``: any Hugging Face encoder (hub id or local folder), CLS or mean pooling.
 * ``openai``: ``text-embedding-3-large`` at 768 dimensions through the OpenAI API.
 
@@ -43,8 +43,10 @@ HUB_MODELS: Dict[str, str] = {
     "gre-base": "pepsiness/gre-base",
     "gre-large": "pepsiness/gre-large",
 }
-# BLaIR embeds with its CLS token; every other named or hf: model defaults to mean pooling.
-CLS_POOLED_MODELS = ("blair", "blair-large")
+# BLaIR and GRE embed with their CLS token (GRE-B: ``te_id_sasrec.yaml`` ``pooler: cls``, its ranker's
+# ``last_hidden_state[:, 0]``); every other named or hf: model defaults to mean pooling.
+CLS_POOLED_MODELS = ("blair", "blair-large", "gre-small", "gre-base", "gre-large")
+POOLINGS = ("cls", "mean")
 
 
 class TextEncodingError(UserError):
@@ -505,7 +507,7 @@ def get_text_encoder(
 
     ``normalize`` defaults to each model's reference behavior (hub models and hf: raw, MiniLM as
     its sentence-transformers config says); ``pooling`` applies to hf: and hub models (default
-    cls for BLaIR, mean otherwise).
+    cls for BLaIR and GRE, mean otherwise).
     """
     check_text_encoder_name(name)
     if name in FIXED_ENCODERS and pooling is not None:

@@ -107,6 +107,25 @@ def amazon_item_text(record: Dict[str, Any]) -> str:
     return text if text.strip() else ""
 
 
+def _joined(value: Any) -> str:
+    """A metadata field as one string: a list's elements joined with a space, None as ""."""
+    if isinstance(value, list):
+        return " ".join(str(part) for part in value)
+    return "" if value is None else str(value)
+
+
+def greb_amazon_item_text(record: Dict[str, Any]) -> str:
+    """GRE-B's Amazon item text (``data/AmazonReviews2023/filter.py``): ``title + ". " + features +
+    description``, then cleaned (:func:`clean_text`: HTML, non-ASCII, whitespace).
+
+    GRE-B concatenates the three fields with nothing between features and description; its
+    cleaning also drops URLs, e-mail addresses and near-duplicate sentences (TF-IDF), which this
+    recipe does not. Lists (Amazon 2023's ``features`` and ``description``) are joined with a space.
+    """
+    text = _joined(record.get("title")) + ". " + _joined(record.get("features")) + _joined(record.get("description"))
+    return clean_text(text)
+
+
 def steam_item_text(record: Dict[str, Any]) -> str:
     """The reference's Steam text: the non-empty fields of STEAM_FIELDS joined with " | ".
 
@@ -166,6 +185,7 @@ def local_item_text(record: Dict[str, Any], fields: Optional[Sequence[str]] = No
 
 RECIPES: Dict[str, Callable[[Dict[str, Any]], str]] = {
     "amazon": amazon_item_text,
+    "greb_amazon": greb_amazon_item_text,
     "steam": steam_item_text,
     "movielens": movielens_item_text,
     "local": local_item_text,

@@ -39,7 +39,11 @@ class Assembly:
 
 
 def model_inputs(
-    config: TrainConfig, num_items: int, text_embeddings: Optional[torch.Tensor], num_categories: int = 0
+    config: TrainConfig,
+    num_items: int,
+    text_embeddings: Optional[torch.Tensor],
+    num_categories: int = 0,
+    num_users: int = 0,
 ) -> ModelInputs:
     """What the model registry's builders get from a run's config and data."""
     return ModelInputs(
@@ -54,6 +58,7 @@ def model_inputs(
         attention_backend=config.attention_backend,
         jagged_backend=config.jagged_backend,
         num_categories=num_categories,
+        num_users=num_users,
     )
 
 
@@ -72,6 +77,6 @@ def assemble(
         else None
     )
     views = task.views(data, data_dir)
-    inputs = model_inputs(config, data.num_items, text_embeddings, views.num_categories)
+    inputs = model_inputs(config, data.num_items, text_embeddings, views.num_categories, views.num_users)
     model = build_model(config.main_module, inputs).to(device)
     return Assembly(config, data_dir, data, text_embeddings, task, views, model)

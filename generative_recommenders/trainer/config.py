@@ -106,6 +106,12 @@ class TrainConfig:
     lr_plateau_factor: Optional[float] = option(None, within=_SHARE)
     lr_plateau_patience: int = option(1, minimum=0)
     random_seed: int = option(42, minimum=0)
+    # Retrieval examples: one window per user (its newest max_sequence_length training items, a loss at
+    # every position), or GRE-B's one sample per training position with the items before it, the loss at
+    # that position only (data/per_position.py).
+    training_samples: str = option("window", choices=("window", "per_position"))
+    adam_beta2: float = option(0.98, within=(0.0, 1.0, True))  # AdamW's second beta (GRE-B: 0.999)
+    grad_clip_norm: Optional[float] = option(None, within=_POSITIVE)  # clip the gradients' total norm (GRE-B CTR: 1.0)
     # Batches of sequences of similar length: less padding, faster; batches are less random.
     length_bucketed_batches: bool = False
     autocast_bf16: bool = False  # the training step in bfloat16 autocast on CUDA
@@ -127,6 +133,9 @@ class TrainConfig:
     eval_batch_size: int = option(128, minimum=1)
     full_eval_every_n: int = option(1, minimum=1)  # epochs between full evaluations (reference protocol)
     partial_eval_num_iters: int = option(32, minimum=1)  # batches of a partial evaluation in between
+    # Retrieval: every item the user had before the target leaves the ranking, and a target that is one
+    # of them is a miss (GRE-B); off: the history window is masked.
+    mask_seen_items: bool = False
     # Caps ranks as the reference's top-2,500 retrieval (2500); None: exact ranks.
     rank_cap: Optional[int] = option(None, minimum=1)
     top_k_method: str = option("MIPSBruteForceTopK", choices=("MIPSBruteForceTopK",))

@@ -31,6 +31,7 @@ import torch
 from generative_recommenders.data.cold_items import split_cold_items, training_item_counts
 from generative_recommenders.data.ctr import CTRView, collate_ctr, read_item_categories
 from generative_recommenders.data.dataset import collate_sequences
+from generative_recommenders.data.per_position import PerPositionView, SeenItemsView, collate_with_seen_items
 from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.evaluation.classification import (
     CTR_METRIC_NAMES,
@@ -68,6 +69,7 @@ class TaskViews:
     collate: Callable[[List[Any]], Dict[str, torch.Tensor]]
     header: Dict[str, Any]  # what results.json says about the views
     num_categories: int = 0
+    num_users: int = 0  # the CTR models' user-id field (0: the model has none)
 
 
 def bind_loss(loss: TrainingLoss, config: TrainConfig, **extra: Any) -> Callable[..., torch.Tensor]:
@@ -168,15 +170,25 @@ class RetrievalTask(Task):
             held_out = [id2item[k - 1] for k in split.cold_item_ids] if id2item else (split.cold_item_ids - 1).tolist()
             # The held-out items by the dataset's own ids: what a Recommender of this run checks its split against.
             header["cold_item_split"] = {**split.summary(), "held_out_item_ids": held_out}
+        if config.training_samples == "per_position":  # GRE-B: one sample per training position
+            views.train = PerPositionView(train_data, config.max_sequence_length, views.train.ignore_last_n)
         self.item_counts = training_item_counts(train_data, num_held_out)
         header["skipped_users"] = {"train": views.train.num_skipped_users, "eval": views.eval.num_skipped_users}
-        return TaskViews(views.train, views.eval, views.test, views.eval_split, collate_sequences, header)
+        header["training_samples"] = {"kind": config.training_samples, "count": len(views.train)}
+        collate = collate_sequences
+        if config.mask_seen_items:  # GRE-B: every item before the target leaves the ranking
+            views.eval, views.test, collate = SeenItemsView(views.eval), SeenItemsView(views.test), collate_with_seen_items
+        return TaskViews(views.train, views.eval, views.test, views.eval_split, collate, header)
 
     def training_loss(self, device: torch.device) -> Callable[..., torch.Tensor]:
         """The run's loss; with a cold-item split, uniform negatives leave the cold items out
         (their ids moved to ``device`` once, not at every step)."""
         loss = self.losses_of(self.config.main_module)[self.config.loss_module]
-        extra: Dict[str, Any] = {"scorings_used": self.negative_scorings}  # where the loss counts them
+        # Per-position samples: the loss at each sample's target only (a loss that has the choice).
+        extra: Dict[str, Any] = {
+            "last_position_only": self.config.training_samples == "per_position",
+            "scorings_used": self.negative_scorings,  # where the sampled softmax counts its scorings
+        }
         if self.negative_item_ids is not None:
             extra["negative_item_ids"] = self.negative_item_ids.to(device)
         return bind_loss(loss, self.config, **extra)
@@ -208,13 +220,15 @@ class RetrievalTask(Task):
         max_batches: Optional[int] = None,
     ) -> Evaluation:
         """Full-ranking metrics of ``loader``'s users, summed over every rank. Under the reference protocol a
-        target that repeats a history item is a miss, as the paper's evaluation has it; under the validated
+        target that repeats a history item is a miss, as the paper's evaluation has it, and so with
+        ``mask_seen_items`` (GRE-B: every item before the target is removed); under the validated
         protocol it is ranked (a user who buys the same item again was predicted well if it ranks high)."""
         config = self.config
         groups = self._target_groups(model.num_items)
+        repeated = "rank" if config.validated and not config.mask_seen_items else "miss"
         accumulator = evaluate_ranking(
             model, loader, context.device, config.rank_cap, max_batches=max_batches,
-            repeated_target="rank" if config.validated else "miss", target_groups=groups,
+            repeated_target=repeated, target_groups=groups,
         )
         accumulator = reduce_metrics(accumulator, context)
         keys = (POPULARITY_GROUPS_KEY, COLD_ITEMS)
@@ -258,7 +272,9 @@ class CTRTask(Task):
                 f"train_fn.eval_protocol = \"{config.eval_protocol}\": {config.main_module} (a CTR model) trains "
                 "under the validated protocol only (its validation split selects the epoch)"
             )
-        for name in ("cold_item_share", "length_bucketed_batches"):
+        if config.training_samples != "window":
+            raise ConfigError(f"train_fn.training_samples is for retrieval models; drop it for {config.main_module}")
+        for name in ("cold_item_share", "length_bucketed_batches", "mask_seen_items"):
             if getattr(config, name):
                 raise ConfigError(f"train_fn.{name} is for retrieval models; drop it for {config.main_module}")
 
@@ -277,7 +293,7 @@ class CTRTask(Task):
             "num_categories": train.num_categories,
             "samples": {"train": len(train), "valid": len(valid), "test": len(test)},
         }
-        return TaskViews(train, valid, test, "valid", collate_ctr, header, train.num_categories)
+        return TaskViews(train, valid, test, "valid", collate_ctr, header, train.num_categories, data.num_users)
 
     def untrained_items(self, data: SequenceDataset, views: TaskViews) -> np.ndarray:
         """Items in no training sample as a positive or a behaviour (the training part of each sequence)."""

@@ -209,7 +209,7 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
     # From here each rank draws its own negatives and dropout masks.
     seed_everything(process_seed(config.random_seed, context))
     optimizer = torch.optim.AdamW(  # foreach: the for-loop's results, bit for bit, in fewer passes on a CPU
-        model.parameters(), lr=config.learning_rate, betas=(0.9, 0.98), weight_decay=config.weight_decay,
+        model.parameters(), lr=config.learning_rate, betas=(0.9, config.adam_beta2), weight_decay=config.weight_decay,
         foreach=True,
     )
     if config.lr_plateau_factor is None:
@@ -351,12 +351,14 @@ def train_step(
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
     context: DistributedContext,
     autocast_bf16: bool = False,
+    grad_clip_norm: Optional[float] = None,
 ) -> float:
     """One optimizer step on ``batch``; returns the loss (averaged over the ranks, so that all stop together).
 
     ``train_module`` is :func:`~distributed.wrap_for_training`'s: called with
     ``(batch, device)`` it returns the loss. ``scheduler`` (if any) steps after
-    the optimizer. ``autocast_bf16`` runs the forward in bfloat16 autocast on CUDA.
+    the optimizer. ``autocast_bf16`` runs the forward in bfloat16 autocast on CUDA;
+    ``grad_clip_norm`` clips the gradients' total norm before the step.
     """
     device = context.device
     optimizer.zero_grad(set_to_none=True)
@@ -368,6 +370,9 @@ def train_step(
             f"the training loss became {loss_value}; lower train_fn.learning_rate or raise train_fn.num_warmup_steps"
         )
     loss.backward()
+    if grad_clip_norm is not None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -385,7 +390,10 @@ def train_epoch(run: TrainingRun, progress: Progress) -> None:
     for batch in bar:
         lr = run.optimizer.param_groups[0]["lr"]
         try:
-            loss = train_step(run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16)
+            loss = train_step(
+                run.train_module, batch, run.optimizer, run.scheduler, context, config.autocast_bf16,
+                config.grad_clip_norm,
+            )
         except TrainingDiverged as error:
             raise TrainingDiverged(f"{error} (epoch {epoch}, step {progress.step})") from None
         progress.epoch_losses.append(loss)
