@@ -44,7 +44,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from generative_recommenders.atomic_files import atomic_path, atomic_write_text
-from generative_recommenders.errors import UserError
+from generative_recommenders.data.identity import check_runs_share_data
+from generative_recommenders.errors import UserError, run_command
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
 from generative_recommenders.evaluation.target_groups import COLD_ITEMS, POPULARITY_GROUPS
 from generative_recommenders.trainer.run_log import RESULTS_FILE
@@ -198,6 +199,7 @@ def load_runs(arguments: Iterable[os.PathLike]) -> List[Run]:
         runs.append(Run(path.parent, results))
     if not runs:
         raise CompareError("none of the runs has finished")
+    check_runs_share_data([(run.folder, run.results) for run in runs])  # data/identity.py
     return runs
 
 
@@ -541,4 +543,4 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("compare", main)  # one line for a UserError or a failed write (e.g. --output_dir a file)

@@ -47,6 +47,7 @@ import torch
 
 from generative_recommenders.data.ctr import ItemCategories, read_item_categories
 from generative_recommenders.data.dataset import collate_sequences
+from generative_recommenders.data.identity import IDENTITY_KEY, check_data_identity
 from generative_recommenders.data.sequence_format import SequenceDataset, load_sequence_dataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
@@ -209,6 +210,11 @@ class Recommender:
                 f"{data_dir} is not the data run {run_dir} was trained on ({differences}); "
                 f"pass the run's prepared folder (data_dir=..., --data_dir) or prepare that dataset again"
             )
+        check_data_identity(  # data/identity.py: the same counts are not the same data
+            results.get(IDENTITY_KEY), data_dir, run_dir,
+            "pass the run's prepared folder (data_dir=..., --data_dir), or prepare that dataset again as it was",
+            data.maps,
+        )
         texts = read_item_texts(data_dir)
         if len(texts) != data.num_items:
             raise RecommenderError(f"{data_dir}/item_texts.json holds {len(texts)} texts for {data.num_items} items; prepare the dataset again")

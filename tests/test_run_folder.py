@@ -134,8 +134,12 @@ def test_resume_extends_a_finished_run_and_a_finished_run_says_so(tiny, capsys):
     three = train_config_file(str(config), ["train_fn.num_epochs = 3"], resume=True)
     assert three["epochs_trained"] == 3 and three["resumed_at"] == [{"epoch": 2, "step": 20}]
     assert three["epochs"][:2] == two["epochs"]  # the first two epochs are the finished run's
-    with pytest.raises(RunFolderError, match="another configuration"):  # more epochs without --resume: a new run
+    with pytest.raises(RunFolderError) as refused:  # more epochs without --resume: says that --resume extends it
         train_config_file(str(config), ["train_fn.num_epochs = 4"])
+    assert one_line(refused.value) == (
+        f"{folder} holds this run with fewer epochs (-train_fn.num_epochs = 3; +train_fn.num_epochs = 4): "
+        "pass --resume to extend it to the larger train_fn.num_epochs, or give this run its own train_fn.run_name"
+    )
     assert only_extends_epochs("a = 1\ntrain_fn.num_epochs = 2", "a = 1\ntrain_fn.num_epochs = 3")
     assert not only_extends_epochs("a = 1\ntrain_fn.num_epochs = 3", "a = 2\ntrain_fn.num_epochs = 4")
 
