@@ -196,3 +196,79 @@ def test_results_record_their_provenance_and_config(tiny):
     with RunFolderLock(Path(results["run_dir"])):  # the run released its folder
         pass
     assert os.environ.get("GR_DEBUG") in (None, "", "0")
+
+
+def test_a_finished_run_with_a_damaged_results_file_is_never_trained_over(tiny):
+    root, config = tiny
+    assert run_main(config, ONE_EPOCH).returncode == 0
+    folder = run_folder(root / "exps")
+    results = folder / "results.json"
+    finished = json.loads(results.read_text())
+    results.write_text(results.read_text()[:300])  # cut short
+    before = _snapshot(folder)
+    proc = run_main(config, ONE_EPOCH)
+    try:
+        json.loads(results.read_text())
+    except json.JSONDecodeError as error:
+        damage = f"JSONDecodeError: {error}"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", (
+        f"main.py: {results} is damaged ({damage}), beside the run's checkpoint.pt, best_model.pt, last_model.pt; "
+        "nothing was removed: restore it from a backup, pass --resume to rebuild it from checkpoint.pt, or pass "
+        "--overwrite to train the run again (replacing them) (details: --debug)\n"
+    ))
+    assert _snapshot(folder) == before
+    # Without the checkpoint, --resume cannot rebuild it either.
+    (folder / "checkpoint.pt").rename(root / "checkpoint.pt")
+    proc = run_main(config, ONE_EPOCH, flags=["--resume"])
+    assert (proc.returncode, proc.stderr) == (1, (
+        f"main.py: {results} is damaged ({damage}), beside the run's best_model.pt, last_model.pt; nothing was "
+        "removed: restore it from a backup, pass --overwrite to train the run again (replacing them) (details: --debug)\n"
+    ))
+    (root / "checkpoint.pt").rename(folder / "checkpoint.pt")
+    assert _snapshot(folder) == before
+    assert run_main(config, ONE_EPOCH, flags=["--resume"]).returncode == 0
+    rebuilt = json.loads(results.read_text())
+    assert rebuilt["finished"] and rebuilt["epochs"] == finished["epochs"] and rebuilt["best"] == finished["best"]
+
+
+def test_weights_without_a_results_file_are_refused(tiny):
+    root, config = tiny
+    folder = Path(train_config_file(str(config), [ONE_EPOCH])["run_dir"])
+    (folder / "results.json").unlink()
+    (folder / "checkpoint.pt").unlink()
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as refused:
+        train_config_file(str(config), [ONE_EPOCH])
+    assert one_line(refused.value) == (
+        f"{folder / 'results.json'} is missing, beside the run's best_model.pt, last_model.pt; nothing was removed: "
+        "restore it from a backup, pass --overwrite to train the run again (replacing them)"
+    )
+    assert _snapshot(folder) == before
+
+
+def test_resume_and_overwrite_together_are_refused(tiny):
+    root, config = tiny
+    folder = Path(train_config_file(str(config), [ONE_EPOCH])["run_dir"])
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as refused:
+        train_config_file(str(config), [ONE_EPOCH], resume=True, overwrite=True)
+    assert one_line(refused.value) == (
+        f"--resume and --overwrite contradict each other (--resume continues the run in {folder}, "
+        "--overwrite deletes it): pass one of them"
+    )
+    assert _snapshot(folder) == before
+
+
+def test_a_finished_run_moved_to_another_output_root_is_the_same_run(tiny, capsys):
+    root, config = tiny
+    finished = train_config_file(str(config), [ONE_EPOCH])
+    moved_root = root / "moved"
+    folder = Path(finished["run_dir"])
+    (moved_root / "cyclic").mkdir(parents=True)
+    moved = moved_root / "cyclic" / folder.name
+    folder.rename(moved)
+    before = _snapshot(moved)
+    again = train_config_file(str(config), [ONE_EPOCH, f'train_fn.output_root = "{moved_root}"'])
+    assert again["best"] == finished["best"] and again["epochs"] == finished["epochs"]
+    assert f"{moved} finished all 1 epochs of this configuration already; its results stand" in capsys.readouterr().out
+    assert _snapshot(moved) == before

@@ -8,9 +8,10 @@
   another configuration or of other data, a finished run, an unfinished one
   started without ``--resume``, or a run whose ``results.json`` is damaged
   is never overwritten silently.
-* :func:`config_differences` / :func:`only_extends_epochs`: the lines two
-  gin configs differ in (where the run writes and reads aside), and whether
-  a resume merely asks for more epochs.
+* :func:`config_differences` / :func:`run_differences` /
+  :func:`only_extends_epochs`: the lines two gin configs differ in, the
+  bindings two runs differ in (where they write and read aside), and
+  whether a resume merely asks for more epochs.
 """
 
 from __future__ import annotations
@@ -42,25 +43,45 @@ class RunFolderError(UserError):
     """The run folder holds another run, or is in use."""
 
 
+def _bindings(config: str) -> List[str]:
+    """The lines of a gin config, a binding that gin wrapped (``name = \\`` and its value on the next
+    lines) joined into one."""
+    lines: List[str] = []
+    continued = False
+    for line in config.splitlines():
+        if continued:
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line)
+        continued = lines[-1].endswith("\\")
+        if continued:
+            lines[-1] = lines[-1][:-1].rstrip()
+    return lines
+
+
 def config_differences(before: str, after: str) -> List[str]:
-    """The lines of gin config ``before`` (``-``) and ``after`` (``+``) that differ, but for where the
-    run writes and reads (``output_root``, ``data_root``): a run folder moved to another root, or data
-    moved, is the same run (the data itself is checked by its identity, ``data/identity.py``)."""
+    """The lines of gin config ``before`` (``-``) and ``after`` (``+``) that differ."""
     diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
-    return [
-        line for line in diff
-        if line[:1] in "+-" and line[:3] not in ("---", "+++") and not _PLACE.match(line[1:])
-    ]
+    return [line for line in diff if line[:1] in "+-" and line[:3] not in ("---", "+++")]
+
+
+def run_differences(before: str, after: str) -> List[str]:
+    """The bindings of gin config ``before`` (``-``) and ``after`` (``+``) that differ, one line each,
+    but for where the run writes and reads (``output_root``, ``data_root``): a run folder moved to
+    another root, or its data moved, is the same run (the data itself is checked by its identity,
+    ``data/identity.py``)."""
+    return [line for line in config_differences("\n".join(_bindings(before)), "\n".join(_bindings(after)))
+            if not _PLACE.match(line[1:])]
 
 
 def same_run_config(before: str, after: str) -> bool:
     """Whether two gin configs are of one run (they may differ in where it writes and reads)."""
-    return before == after or not config_differences(before, after)
+    return before == after or not run_differences(before, after)
 
 
 def only_extends_epochs(before: str, after: str) -> bool:
     """Whether ``after`` is ``before`` with a larger ``train_fn.num_epochs`` (and nothing else changed)."""
-    changes = config_differences(before, after)
+    changes = run_differences(before, after)
     epochs = {line[0]: _NUM_EPOCHS.match(line[1:]) for line in changes}
     if len(changes) != 2 or not all(epochs.get(sign) for sign in "+-"):
         return False
@@ -163,14 +184,14 @@ def check_existing_run(
     earlier = results["run_config"]
     extends = only_extends_epochs(earlier, run_config)
     if not same_run_config(earlier, run_config) and not extends:
-        changes = "; ".join(config_differences(earlier, run_config)) or "(none)"
+        changes = "; ".join(run_differences(earlier, run_config)) or "(none)"
         raise RunFolderError(
             f"{run_dir} holds a run of another configuration (- that run, + this one: {changes}); "
             "give this run its own train_fn.run_name, or pass --overwrite to replace that run"
         )
     if extends and not resume:
         raise RunFolderError(
-            f"{run_dir} holds this run with fewer epochs ({'; '.join(config_differences(earlier, run_config))}): "
+            f"{run_dir} holds this run with fewer epochs ({'; '.join(run_differences(earlier, run_config))}): "
             "pass --resume to extend it to the larger train_fn.num_epochs, or give this run its own "
             "train_fn.run_name"
         )
