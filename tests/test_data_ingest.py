@@ -533,3 +533,29 @@ def test_the_manifest_records_the_command_that_prepared_the_folder(toy_dir: Path
         f"--text_fields title,brand --output_root {out_root}"
     )
     assert sorted(manifest["files"]) == ["data_maps.json", "item_metadata.jsonl", "item_texts.json", "sasrec_format.csv"]
+
+
+def test_a_unicode_catalogue_keeps_its_texts_in_normal_form_c(tmp_path: Path, capsys, caplog) -> None:
+    """Only the paper's Amazon datasets replace non-ASCII characters (the reference's recipe)."""
+    titles = ["東京タワー", "Привет мир", "Gro\u0308\u00dfe Stra\u00dfe", "caf\u00e9 \u2615", "Ελληνικά", "한국어 책",
+              "नमस्ते", "العربية", "עברית", "Ça va", "naïve résumé", "plain"]
+    items = [{"item_id": f"i{k}", "title": title} for k, title in enumerate(titles)]
+    rows = "".join(f"u{k % 3},i{k},{k}\n" for k in range(len(titles)))
+    local = write_local(tmp_path / "local", "user_id,item_id,timestamp\n" + rows, items)
+    (local / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+    assert prepare_local(local, tmp_path / "out") == 0
+    texts = json.loads((tmp_path / "out" / "toy" / "item_texts.json").read_text(encoding="utf-8"))
+    expected = [title.replace("Gro\u0308\u00dfe", "Gr\u00f6\u00dfe") for title in titles]  # composed: NFC
+    assert texts == expected and "empty text" not in caplog.text
+
+
+def test_the_amazon_recipe_says_why_texts_of_other_scripts_are_emptied(caplog) -> None:
+    from generative_recommenders.text.item_text import item_texts
+
+    records = [{"item_id": "a", "title": "東京タワー"}, {"item_id": "b", "title": "Desk lamp"}, {"item_id": "c"}]
+    assert item_texts(records, "amazon") == ["a", "Desk lamp    ", "c"]
+    assert (
+        "warning: 2 of 3 items have an empty text (the first: item_id 'a'): 1 of them hold only characters outside "
+        "ASCII, which the Amazon recipe replaces by spaces as the paper's code does, the others no text in title, "
+        "features, categories, description; their item ids stand in as their texts"
+    ) in caplog.text

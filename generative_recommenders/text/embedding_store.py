@@ -296,18 +296,6 @@ def load_item_text_embeddings(
             f"(text hash {sidecar_hash[:12]}... in {sidecar_path.name}, now {texts_hash[:12]}...); "
             f"rerun {rerun}"
         )
-    recorded_tensor_hash = sidecar.get(TENSOR_HASH_FIELD)
-    if recorded_tensor_hash is None:
-        logger.warning(
-            f"warning: {sidecar_path} records no hash of {path.name} (written by an earlier version), so the "
-            f"table cannot be checked; add it with {prepare_command(data_dir, f'--text_embedding_model {model_name} --force')}"
-        )
-    elif tensor_sha256(table) != recorded_tensor_hash:
-        raise EmbeddingFileError(
-            f"{path}: not the table its sidecar describes (tensor sha256 {tensor_sha256(table)[:12]}..., "
-            f"{sidecar_path.name} records {str(recorded_tensor_hash)[:12]}...): copied from another dataset or "
-            f"changed; rerun {rerun}"
-        )
     if table.shape[1] != sidecar_dim:
         raise EmbeddingFileError(
             f"{path}: rows have dimension {table.shape[1]} but {sidecar_path.name} says "
@@ -321,6 +309,18 @@ def load_item_text_embeddings(
         raise EmbeddingFileError(
             f"{path}: {int((~finite).sum())} row(s) hold NaN or inf, the first row {row} "
             f"(item id {row - 1}); rerun {rerun}"
+        )
+    recorded_tensor_hash = sidecar.get(TENSOR_HASH_FIELD)
+    if recorded_tensor_hash is None:
+        logger.warning(
+            f"warning: {sidecar_path} records no hash of {path.name} (written by an earlier version), so the "
+            f"table cannot be checked; add it with {prepare_command(data_dir, f'--text_embedding_model {model_name} --force')}"
+        )
+    elif tensor_sha256(table) != recorded_tensor_hash:
+        raise EmbeddingFileError(
+            f"{path}: not the table its sidecar describes (tensor sha256 {tensor_sha256(table)[:12]}..., "
+            f"{sidecar_path.name} records {str(recorded_tensor_hash)[:12]}...): copied from another dataset or "
+            f"changed; rerun {rerun}"
         )
     return table.float()
 
