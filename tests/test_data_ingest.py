@@ -6,6 +6,7 @@ import errno
 import gzip
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Dict, List
@@ -559,3 +560,64 @@ def test_the_amazon_recipe_says_why_texts_of_other_scripts_are_emptied(caplog) -
         "ASCII, which the Amazon recipe replaces by spaces as the paper's code does, the others no text in title, "
         "features, categories, description; their item ids stand in as their texts"
     ) in caplog.text
+
+
+def _hashes(folder: Path) -> Dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_changed_source_is_stale_without_force_and_prepared_again_with_it(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    import hashlib
+
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    before = _hashes(out_root / "toy")
+    recorded = json.loads((out_root / "toy" / "manifest.json").read_text())["source_files"][0]
+    interactions = toy_dir / "interactions.csv"
+    interactions.write_text(TIMED_INTERACTIONS.replace("u2,b,4,200", "u2,c,4,200"), encoding="utf-8")
+    capsys.readouterr()
+    assert prepare_local(toy_dir, out_root) == 1
+    now = hashlib.sha256(interactions.read_bytes()).hexdigest()
+    command = (
+        f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy --output_root {out_root}"
+    )
+    assert one_error_line(capsys) == (
+        f"preprocess_public_data.py: {out_root / 'toy'} is stale: its source {interactions.resolve()} changed since it "
+        f"was prepared ({interactions.stat().st_size:,} bytes, sha256 {now[:12]}... where the manifest records "
+        f"{recorded['bytes']:,} bytes, sha256 {recorded['sha256'][:12]}...); prepare it again: {command} --force "
+        "(details: --debug)\n"
+    )
+    assert _hashes(out_root / "toy") == before
+    assert prepare_local(toy_dir, out_root, "--force") == 0
+    assert "toy: 2 users, 3 items" in capsys.readouterr().out
+    assert prepare_local(toy_dir, out_root) == 0  # prepared from the source as it is now
+    assert "toy: already prepared" in capsys.readouterr().out
+
+
+def test_the_same_source_files_in_another_folder_are_the_same_source(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    moved = Path(shutil.copytree(toy_dir, tmp_path / "moved"))
+    capsys.readouterr()
+    assert prepare_local(moved, out_root) == 0
+    assert "toy: already prepared" in capsys.readouterr().out
+
+
+def test_greb_refuses_a_local_folder_named_as_another_dataset_of_the_run(toy_dir: Path, tmp_path: Path) -> None:
+    from generative_recommenders import greb
+
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    same_name = Path(shutil.copytree(toy_dir, tmp_path / "other" / "toy"))
+    before = _hashes(out_root / "toy")
+    args = greb.parse_args(["--dataset", "toy", "--local_dir", str(same_name), "--data_root", str(out_root)])
+    with pytest.raises(greb.GrebError) as refused:
+        greb.prepare_datasets(args)
+    assert str(refused.value) == (
+        f"--local_dir {same_name}: its name toy is already a dataset of this run (--dataset or another --local_dir); "
+        f"prepare it under another name (python3 preprocess_public_data.py --local_dir {same_name} --dataset_name NAME) "
+        "and pass --dataset NAME"
+    )
+    assert _hashes(out_root / "toy") == before

@@ -35,6 +35,7 @@ from generative_recommenders.data.sequence_format import (
     decode_utf8,
     record_in_manifest,
 )
+from generative_recommenders.data.sources import note_source
 
 INTERACTIONS_FILE = "interactions.csv"
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -189,6 +190,8 @@ def load_local_dataset(
     interactions = _read_interactions(interactions_path)
     items_path = local_dir / ITEMS_FILE
     items = _read_items(items_path)
+    note_source(interactions_path)
+    note_source(items_path)
     require_item_metadata(interactions, items, str(items_path))
 
     interactions = keep_frequent(interactions, "user_id", min_sequence_length, str(interactions_path))
