@@ -621,3 +621,43 @@ def test_greb_refuses_a_local_folder_named_as_another_dataset_of_the_run(toy_dir
         "and pass --dataset NAME"
     )
     assert _hashes(out_root / "toy") == before
+
+
+def test_millisecond_timestamps_are_named_with_their_numbers(tmp_path: Path, caplog) -> None:
+    local = write_local(
+        tmp_path / "local", "user_id,item_id,timestamp\nu1,a,1600000000000\nu1,b,1600000001000\nu2,a,1600000002000\n",
+        [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": "B"}],
+    )
+    load_local_dataset(local)
+    assert (
+        f"warning: {local / 'interactions.csv'}: the timestamps look like milliseconds (median 1,600,000,001,000: "
+        "the year 2020 in milliseconds, after the year 5138 in seconds); the local format reads Unix seconds, so "
+        "HSTU's time buckets see every gap 1,000 times too long: divide the column by 1000 unless that is meant"
+    ) in caplog.text
+    caplog.clear()
+    (local / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,a,1600000000\nu1,b,1600000001\n")
+    load_local_dataset(local)
+    assert "milliseconds" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "interactions, line, count, what",
+    [
+        ("user_id,item_id,timestamp\nu1,a,5\nu1,b,6\nu1,a,5\nu2,a,5\n", 4, 1, "user, item, rating and timestamp"),
+        ("user_id,item_id\nu1,a\nu1,a\nu1,b\nu2,b\nu2,b\nu2,a\n", 3, 2, "user, item and rating as the user's row before"),
+    ],
+)
+def test_exact_duplicate_rows_are_named(tmp_path: Path, caplog, interactions, line, count, what) -> None:
+    local = write_local(tmp_path / "local", interactions, [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": "B"}])
+    interactions_df, _ = load_local_dataset(local)
+    assert len(interactions_df) == interactions.count("\n") - 1  # kept: a repeat may be real
+    assert (
+        f"warning: {local / 'interactions.csv'}, line {line}: {count} row(s) repeat an earlier row exactly "
+        f"(same {what}); each counts as an interaction: remove them unless they are real repeats"
+    ) in caplog.text
+
+
+def test_a_user_returning_to_an_item_later_is_no_duplicate(tmp_path: Path, caplog) -> None:
+    local = write_local(tmp_path / "local", "user_id,item_id\nu1,a\nu1,b\nu1,a\n", [{"item_id": "a"}, {"item_id": "b"}])
+    load_local_dataset(local)
+    assert "repeat an earlier row" not in caplog.text

@@ -36,6 +36,7 @@ from generative_recommenders.data.sequence_format import (
     record_in_manifest,
 )
 from generative_recommenders.data.sources import note_source
+from generative_recommenders.logs import get_logger
 
 INTERACTIONS_FILE = "interactions.csv"
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -43,6 +44,8 @@ ITEMS_FILE = "items.jsonl"
 ITEM_METADATA_FILE = "item_metadata.jsonl"
 
 Items = Dict[str, Dict[str, Any]]
+
+logger = get_logger(__name__)
 
 
 def require_item_metadata(interactions: pd.DataFrame, items: Items, source: str) -> None:
@@ -113,9 +116,45 @@ def _read_interactions(path: Path) -> pd.DataFrame:
     if "timestamp" in df:
         # Fractional seconds are dropped: the contract stores whole seconds.
         out["timestamp"] = np.floor(numeric_column(df, "timestamp", path)).astype(np.int64)
+        warn_on_milliseconds(out["timestamp"], path)
     else:
         out["timestamp"] = out.groupby("user_id", sort=False).cumcount().astype(np.int64)
+    warn_on_duplicate_rows(out, path, "timestamp" in df)
     return out
+
+
+# Unix times from 1973 to 2286 in milliseconds; in seconds they would be after the year 5138.
+_MILLISECONDS = (1e11, 1e13)
+
+
+def warn_on_milliseconds(timestamps: pd.Series, path: Path) -> None:
+    """Warns, with the numbers, when the timestamps look like milliseconds, not the format's seconds:
+    HSTU buckets time gaps by their logarithm, so every gap would land 1000 times further out."""
+    median = float(timestamps.median())
+    if not _MILLISECONDS[0] <= median < _MILLISECONDS[1]:
+        return
+    as_ms = pd.Timestamp(int(median), unit="ms").year
+    logger.warning(
+        f"warning: {path}: the timestamps look like milliseconds (median {int(median):,}: the year {as_ms} in "
+        f"milliseconds, after the year 5138 in seconds); the local format reads Unix seconds, so HSTU's time "
+        f"buckets see every gap 1,000 times too long: divide the column by 1000 unless that is meant"
+    )
+
+
+def warn_on_duplicate_rows(interactions: pd.DataFrame, path: Path, timed: bool) -> None:
+    """Warns when rows repeat exactly: each counts as an interaction (kept, as a repeat may be real)."""
+    if timed:
+        repeated = interactions.duplicated(["user_id", "item_id", "rating", "timestamp"])
+    else:  # rows in time order: only a repeat of the same user's row just before is suspect
+        previous = interactions.groupby("user_id", sort=False)[["item_id", "rating"]].shift()
+        repeated = (interactions[["item_id", "rating"]] == previous).all(axis=1)
+    if repeated.any():
+        first = int(np.flatnonzero(repeated.to_numpy())[0])
+        what = "user, item, rating and timestamp" if timed else "user, item and rating as the user's row before"
+        logger.warning(
+            f"warning: {path}, line {first + 2}: {int(repeated.sum()):,} row(s) repeat an earlier row exactly "
+            f"(same {what}); each counts as an interaction: remove them unless they are real repeats"
+        )
 
 
 def iter_item_records(path: Path, skip_blank_lines: bool) -> Iterator[Tuple[int, Dict[str, Any]]]:
