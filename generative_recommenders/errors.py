@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 from typing import Callable, List, NoReturn, Optional, Sequence
@@ -28,8 +29,16 @@ def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
 
 
+# An OSError as gin passes it on from a configurable: rebuilt from its text, its errno and path only in there.
+_OS_ERROR_TEXT = re.compile(r"^\[Errno (\d+)\] (.*?)(?:: '(.*)')?$")
+
+
 def os_error_message(error: OSError) -> str:
     """One line for a failed file operation: the path, and what to do about it."""
+    if error.errno is None:
+        match = _OS_ERROR_TEXT.match(str(error).splitlines()[0] if str(error) else "")
+        if match:
+            error = OSError(int(match.group(1)), match.group(2), match.group(3))
     path = error.filename or "the output"
     if error.errno == errno.ENOSPC:
         return f"{path}: no space left on the device; free some space or write elsewhere"

@@ -272,3 +272,28 @@ def test_a_finished_run_moved_to_another_output_root_is_the_same_run(tiny, capsy
     assert again["best"] == finished["best"] and again["epochs"] == finished["epochs"]
     assert f"{moved} finished all 1 epochs of this configuration already; its results stand" in capsys.readouterr().out
     assert _snapshot(moved) == before
+
+
+def test_a_full_disk_while_training_is_named_as_such_and_leaves_no_partial_file(tiny, monkeypatch):
+    import collections
+
+    import torch
+
+    from generative_recommenders import atomic_files
+
+    root, config = tiny
+
+    def disk_full(obj, f):
+        f.write(b"PK")  # a part of the archive got out before the disk filled
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2048 vs 1986")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(atomic_files.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(OSError) as error:
+        train_config_file(str(config), [ONE_EPOCH, 'train_fn.run_name = "full"'])
+    folder = root / "exps" / "cyclic" / "full-s42"
+    assert one_line(error.value) == (
+        f"{folder / 'checkpoint.pt'}: no space left on the device; free some space or write elsewhere"
+    )
+    assert not [p.name for p in folder.iterdir() if p.suffix in (".pt", ".tmp")]  # nothing half-written
