@@ -193,3 +193,39 @@ def test_the_identity_of_the_same_data_prepared_twice_is_the_same(tmp_path):
     first, second = (data_identity(tmp_path / "data" / name) for name in "ab")
     assert {k: v for k, v in first.items() if k != "data_dir"} == {k: v for k, v in second.items() if k != "data_dir"}
     assert first["data_dir"] == str(tmp_path / "data" / "a")
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("cuda", "--device cuda: this machine has no usable CUDA GPU; use --device cpu (or leave it out)"),
+        ("gpu0", "--device gpu0: not a device name; use cpu, or cuda where there is a GPU"),
+        ("meta", "--device meta: the recommender runs on cpu or cuda"),
+    ],
+)
+def test_recommend_on_a_device_this_machine_lacks_is_one_line(trained, capsys, monkeypatch, device, message):
+    import torch
+
+    _, run_dir, _ = trained
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = recommend(["--run_dir", run_dir, "--user_id", "u1", "--device", device], capsys)
+    assert (code, out, err) == (1, "", f"recommend: {message} (details: --debug)\n")
+
+
+def test_compare_into_an_output_dir_that_is_a_file_is_one_line(trained, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    _, run_dir, _ = trained
+    blocker = tmp_path / "report"
+    blocker.write_text("not a folder")
+    proc = subprocess.run(
+        [sys.executable, "-m", "generative_recommenders.compare", str(run_dir), "--output_dir", str(blocker)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"compare: {blocker}: a file stands where a folder is needed (File exists); move it or choose another path "
+        "(details: --debug)\n"
+    )
+    assert blocker.read_text() == "not a folder"
