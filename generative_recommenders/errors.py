@@ -24,6 +24,23 @@ class UserError(ValueError):
     """Bad input, a bad setting or a bad environment: reported as one line."""
 
 
+class SettingError(UserError):
+    """A gin setting of a model (e.g. ``hstu_encoder.num_heads``) that cannot build it."""
+
+
+def require_heads(setting: str, num_heads: object, embedding_dim: int, must_divide: bool) -> None:
+    """Raises SettingError unless ``num_heads`` (gin's ``setting``) is a whole number >= 1 that, where
+    ``must_divide``, divides ``embedding_dim`` (train_fn.item_embedding_dim)."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise SettingError(f"{setting} must be a whole number >= 1, got {num_heads!r}")
+    if must_divide and embedding_dim % num_heads:
+        divisors = ", ".join(str(d) for d in range(1, embedding_dim + 1) if embedding_dim % d == 0)
+        raise SettingError(
+            f"{setting} = {num_heads} does not divide the embedding dimension {embedding_dim} "
+            f"(train_fn.item_embedding_dim): choose one of {divisors}"
+        )
+
+
 def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
     argv = sys.argv if argv is None else argv
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")

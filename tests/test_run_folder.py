@@ -297,3 +297,52 @@ def test_a_full_disk_while_training_is_named_as_such_and_leaves_no_partial_file(
         f"{folder / 'checkpoint.pt'}: no space left on the device; free some space or write elsewhere"
     )
     assert not [p.name for p in folder.iterdir() if p.suffix in (".pt", ".tmp")]  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "module, bindings, message",
+    [
+        ("HSTU", ['train_fn.main_module = "DIN"'],
+         'train_fn.main_module = "DIN" is a CTR model (it scores (history, item) pairs, judged by AUC), not a '
+         'retrieval model: it trains with train_fn.loss_module = "BinaryCrossEntropyLoss" and '
+         'train_fn.selection_metric = "auc"; start from configs/greb/din.gin'),
+        ("HSTU", ["train_fn.temperature = 1e-40"],
+         "train_fn.temperature = 1e-40 is too small: a similarity divided by it overflows float32 and the loss "
+         "becomes NaN; use at least 3e-39 (the reference uses 0.05)"),
+        ("HSTU", ["train_fn.num_epochs = (1"],
+         "invalid --gin_bindings 'train_fn.num_epochs = (1': EOF in multi-line statement (a bracket or quote left open)"),
+        ("HSTU", ["train_fn.num_epochs = = 1", "train_fn.learning_rate = 0.1"],
+         "invalid --gin_bindings 'train_fn.num_epochs = = 1': Unable to parse value. (line 1)"),
+        ("HSTU", ["hstu_encoder.num_heads = 0"], "hstu_encoder.num_heads must be a whole number >= 1, got 0"),
+        ("SASRec", ["sasrec_encoder.num_heads = 3", "train_fn.item_embedding_dim = 50"],
+         "sasrec_encoder.num_heads = 3 does not divide the embedding dimension 50 (train_fn.item_embedding_dim): "
+         "choose one of 1, 2, 5, 10, 25, 50"),
+        ("HSTU", ['train_fn.embedding_module_type = "local_and_text"', 'train_fn.text_embedding_model = "fake"',
+                  'text_fusion.mode = "multiply"'],
+         "text_fusion.mode must be one of add, gate, concat, text_only, got 'multiply'"),
+    ],
+)
+def test_settings_main_refuses_in_one_line_naming_the_setting(tmp_path, module, bindings, message):
+    from test_train import _text_dataset
+
+    _text_dataset(tmp_path)
+    proc = run_main(tiny_config(tmp_path, module), *bindings)
+    assert (proc.returncode, proc.stderr) == (1, f"main.py: {message} (details: --debug)\n")
+    assert not (tmp_path / "exps").exists() or not list((tmp_path / "exps").rglob("*.pt"))
+
+
+def test_a_syntax_error_in_the_config_file_names_the_file_and_line(tmp_path):
+    config = tmp_path / "broken.gin"
+    config.write_text("train_fn.num_epochs = = 2\n")
+    proc = run_main(config)
+    assert (proc.returncode, proc.stderr) == (
+        1, f"main.py: invalid gin config {config}: Unable to parse value. (broken.gin, line 1) (details: --debug)\n"
+    )
+
+
+def test_nproc_zero_names_the_flag(tiny):
+    _, config = tiny
+    proc = run_main(config, flags=["--nproc=0"])
+    assert (proc.returncode, proc.stderr) == (
+        1, "main.py: --nproc must be >= 1 (the processes to start on this machine), got 0 (details: --debug)\n"
+    )

@@ -9,11 +9,12 @@ cannot train.
 from __future__ import annotations
 
 import dataclasses
+import tokenize
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import gin
 
-from generative_recommenders.errors import UserError
+from generative_recommenders.errors import UserError, one_line
 from generative_recommenders.evaluation.metrics import METRIC_NAMES
 from generative_recommenders.modeling.losses import SAMPLING_STRATEGIES
 from generative_recommenders.modeling.registry import model_task, registered_models
@@ -40,6 +41,10 @@ _SINGLE_CHOICES = {
     "top_k_method": ("MIPSBruteForceTopK",),
     "feat_prep": ("LearnablePositionalEmbeddingInputFeaturesPreprocessor",),
 }
+
+
+# Below this, 1 / temperature (the logit of a unit similarity) is past float32's largest value.
+_SMALLEST_TEMPERATURE = 3e-39
 
 
 class ConfigError(UserError):
@@ -178,6 +183,13 @@ class TrainConfig:
         _require("embedding_module_type", self.embedding_module_type, ("local", "local_and_text"))
         _require("eval_protocol", self.eval_protocol, PROTOCOLS)
         metrics = CTR_SELECTION_METRICS if self.task == "ctr" else METRIC_NAMES
+        if self.task == "ctr" and self.selection_metric not in metrics:  # a retrieval config naming a CTR model
+            raise ConfigError(
+                f'train_fn.main_module = "{self.main_module}" is a CTR model (it scores (history, item) pairs, '
+                'judged by AUC), not a retrieval model: it trains with train_fn.loss_module = '
+                '"BinaryCrossEntropyLoss" and train_fn.selection_metric = "auc"; start from '
+                f"configs/greb/{self.main_module.lower()}.gin"
+            )
         _require("selection_metric", self.selection_metric, metrics)
         _require("user_embedding_norm", self.user_embedding_norm, ("l2_norm", "layer_norm"))
         _require("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
@@ -199,6 +211,12 @@ class TrainConfig:
         for name in ("learning_rate", "temperature", "l2_norm_eps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train_fn.{name} must be > 0, got {getattr(self, name)}")
+        if self.temperature < _SMALLEST_TEMPERATURE:
+            raise ConfigError(
+                f"train_fn.temperature = {self.temperature:g} is too small: a similarity divided by it "
+                f"overflows float32 and the loss becomes NaN; use at least {_SMALLEST_TEMPERATURE:.1g} "
+                "(the reference uses 0.05)"
+            )
         for name in ("item_l2_norm", "enable_tf32", "deterministic", "length_bucketed_batches", "autocast_bf16"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"train_fn.{name} must be True or False, got {getattr(self, name)!r}")
@@ -272,9 +290,30 @@ def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(list(config_files), list(bindings))
-    except (ValueError, SyntaxError, OSError) as error:
-        where = ", ".join(config_files) or "the bindings"
-        raise ConfigError(f"invalid gin config {where}: {' '.join(str(error).split())}") from None
+    except (ValueError, SyntaxError, OSError, tokenize.TokenError) as error:  # TokenError: a binding cut short
+        where = _unparsable(config_files, bindings) or f"gin config {', '.join(config_files)}"
+        detail = (
+            f"{error.args[0]} (a bracket or quote left open)" if isinstance(error, tokenize.TokenError) else one_line(error)
+        )
+        raise ConfigError(f"invalid {where}: {' '.join(detail.split())}") from None
+
+
+def _unparsable(config_files: Sequence[str], bindings: Sequence[str]) -> Optional[str]:
+    """The binding (``--gin_bindings 'X'``) that gin cannot parse, where the config files parse."""
+    gin.clear_config()
+    try:
+        try:
+            gin.parse_config_files_and_bindings(list(config_files), [], finalize_config=False)
+        except (ValueError, SyntaxError, OSError):
+            return None
+        for binding in bindings:
+            try:
+                gin.parse_config(binding)
+            except Exception:  # alone, a binding cut short fails in the tokenizer (tokenize.TokenError)
+                return f"--gin_bindings {binding!r}"
+        return None
+    finally:
+        gin.clear_config()
 
 
 def bound_parameter(name: str, default: Any = None) -> Any:
