@@ -551,3 +551,23 @@ def test_a_changed_raw_file_makes_a_public_dataset_stale(raw_dir: Path, tmp_path
     capsys.readouterr()
     assert prepare(tmp_path / "out", raw_dir, "steam") == 1
     assert f"is stale: its source {games.resolve()} changed since it was prepared" in capsys.readouterr().err
+
+
+def test_greb_refuses_a_local_folder_where_the_public_dataset_of_its_name_was_prepared(raw_dir: Path, tmp_path: Path) -> None:
+    from generative_recommenders import greb
+    from generative_recommenders.data.sequence_format import DatasetFormatError
+
+    assert prepare(tmp_path / "data", raw_dir, "steam") == 0
+    local = tmp_path / "mine" / "steam"
+    local.mkdir(parents=True)
+    (local / "interactions.csv").write_text("user_id,item_id\nu1,a\nu1,b\n")
+    (local / "items.jsonl").write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": "B"}\n')
+    manifest = (tmp_path / "data" / "steam" / "manifest.json").read_bytes()
+    with pytest.raises(DatasetFormatError) as refused:
+        greb.prepare_datasets(greb.parse_args(["--local_dir", str(local), "--data_root", str(tmp_path / "data")]))
+    assert str(refused.value) == (
+        f"{tmp_path / 'data' / 'steam'} is stale: it was prepared from the public dataset steam, not from the local "
+        f"folder {local.resolve()}; prepare it again: python3 preprocess_public_data.py --local_dir {local} "
+        "--dataset_name steam --force"
+    )
+    assert (tmp_path / "data" / "steam" / "manifest.json").read_bytes() == manifest
