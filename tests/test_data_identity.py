@@ -229,3 +229,31 @@ def test_compare_into_an_output_dir_that_is_a_file_is_one_line(trained, tmp_path
         "(details: --debug)\n"
     )
     assert blocker.read_text() == "not a folder"
+
+
+def test_training_refuses_another_datasets_table_copied_over_the_own(tmp_path):
+    import torch
+
+    from generative_recommenders.text.embedding_store import compute_item_text_embeddings, embedding_file
+    from test_train import TEXT_BINDINGS, _HashEncoder, _text_dataset, run_main, tiny_config
+
+    data_dir = _text_dataset(tmp_path)
+    texts = json.loads((data_dir / "item_texts.json").read_text())
+    compute_item_text_embeddings([t + " (other shop)" for t in texts], _HashEncoder(), tmp_path / "other", tmp_path / "cache")
+    own = embedding_file(data_dir, "fake")
+    own.write_bytes(embedding_file(tmp_path / "other", "fake").read_bytes())  # its sidecar kept
+    before = snapshot(data_dir)
+    proc = run_main(tiny_config(tmp_path, "HSTU"), *TEXT_BINDINGS)
+    found = hashlib.sha256(torch.load(own, weights_only=True).numpy().tobytes()).hexdigest()
+    recorded = json.loads(own.with_suffix(".json").read_text())["tensor_sha256"]
+    rerun = (
+        f"python3 preprocess_public_data.py --dataset cyclic --output_root {tmp_path / 'data'} --text_embedding_model "
+        f"fake, or for your own data --local_dir DIR --dataset_name cyclic --output_root {tmp_path / 'data'} "
+        "--text_embedding_model fake"
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", (
+        f"main.py: {own}: not the table its sidecar describes (tensor sha256 {found[:12]}..., "
+        f"item_text_embeddings_fake.json records {recorded[:12]}...): copied from another dataset or changed; "
+        f"rerun {rerun} (details: --debug)\n"
+    ))
+    assert snapshot(data_dir) == before and not (tmp_path / "exps").exists()

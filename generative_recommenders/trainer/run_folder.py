@@ -177,10 +177,11 @@ def check_existing_run(
         for events in run_dir.glob("events.out.tfevents.*"):
             events.unlink()
         return None
-    if results is None or "run_config" not in results:
-        # Nothing of a run to lose (or an older run's folder: its checkpoint check still applies).
+    if results is None:
         _check_unreadable_results(run_dir, damage, resume)
-        return None
+        return None  # nothing of a run to lose
+    if "run_config" not in results:
+        return None  # an older run's folder: its checkpoint check still applies
     earlier = results["run_config"]
     extends = only_extends_epochs(earlier, run_config)
     if not same_run_config(earlier, run_config) and not extends:
