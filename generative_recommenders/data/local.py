@@ -11,7 +11,8 @@ A local dataset is a folder holding
   text fields (strings or lists of strings), one line per item.
 
 Both are UTF-8 (a byte order mark is accepted); spaces around header names
-are ignored.
+are ignored. Timestamps that look like milliseconds and rows that repeat an
+earlier row exactly are kept and named in a warning with their numbers.
 
 A prepared dataset keeps its items' metadata in ``item_metadata.jsonl``, line
 ``k`` describing item id ``k``, for the item text embedding step.

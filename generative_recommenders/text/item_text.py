@@ -2,7 +2,9 @@
 
 Each recipe is a function ``(record: dict) -> str`` over one line of a
 prepared dataset's ``item_metadata.jsonl``. :func:`item_texts` applies a
-recipe to every item of a dataset, in item id order.
+recipe to every item of a dataset, in item id order. Only the Amazon recipe
+(the paper's Amazon datasets, byte-exact) replaces non-ASCII characters; the
+others keep Unicode, in normal form C.
 """
 
 from __future__ import annotations
