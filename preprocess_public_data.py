@@ -46,6 +46,13 @@ from generative_recommenders.data.sequence_format import (
     verify_recorded_file,
     write_sequence_dataset,
 )
+from generative_recommenders.data.sources import (
+    SOURCE_FILES_KEY,
+    SOURCE_KEY,
+    recording_sources,
+    source_record,
+    stale_source,
+)
 from generative_recommenders.errors import run_command
 from generative_recommenders.logs import configure_logging
 from generative_recommenders.text.embedding_store import (
@@ -156,6 +163,7 @@ def prepare_dataset(
     text_fields: Optional[List[str]] = None,
     timestamp_unit: Optional[str] = None,
     to_embed: bool = True,
+    source: Optional[Dict[str, str]] = None,
 ) -> Tuple[List[str], Optional[int]]:
     """Loads one dataset and writes its folder, the manifest last.
 
@@ -163,16 +171,24 @@ def prepare_dataset(
     already prepared and checks out against its manifest: it is left as it is).
     ``command`` is the command line that prepares it, recorded in the manifest;
     ``to_embed`` says whether the texts will be embedded (see :func:`item_texts`).
+    ``source`` (``{"public_dataset": name}`` or ``{"local_dir": folder}``) is
+    recorded in the manifest with the files the reader opened; without
+    ``force``, a folder prepared from another source, or from a source file
+    that changed since, is refused as stale, and left as it is.
     """
     out_dir = output_root / name
     reason = why_not_prepared(out_dir)
     if not force and reason is None:
+        stale = stale_source(read_manifest(out_dir), source)
+        if stale is not None:
+            raise DatasetFormatError(f"{out_dir} is stale: {stale}; prepare it again: {command} --force")
         print(f"{name}: already prepared in {out_dir}, skipping (pass --force to redo)")
         return item_texts(read_item_metadata(out_dir), text_recipe, text_fields, to_embed), None
     if reason not in (None, "new"):
         print(f"{name}: {reason}: preparing it again")
     start = time.perf_counter()
-    interactions, items = load()
+    with recording_sources() as source_files:
+        interactions, items = load()
     # The contract numbers items in order of first appearance; the texts are needed for the maps.
     id2item = list(pd.unique(interactions["item_id"].astype(str)))
     texts = item_texts(
@@ -181,7 +197,8 @@ def prepare_dataset(
     extra_maps = {"id2meta": texts}
     if timestamp_unit is not None:
         extra_maps["timestamp_unit"] = timestamp_unit
-    dataset = write_sequence_dataset(out_dir, interactions, extra_maps, prepare_command=command)
+    provenance = {SOURCE_KEY: source, SOURCE_FILES_KEY: [source_record(path) for path in source_files]}
+    dataset = write_sequence_dataset(out_dir, interactions, extra_maps, command, provenance if source else None)
     if dataset.maps["id2item"] != id2item:
         raise RuntimeError(f"{name}: the item texts are not in the written item id order")
     write_item_texts(out_dir, texts)
@@ -277,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         texts, num_items = prepare_dataset(
             name, partial(public.load, raw_dir), args.output_root, args.force, public.text_recipe,
             _command(args, ["--dataset", name, *raw]), timestamp_unit=public.timestamp_unit,
-            to_embed=args.text_embedding_model != "none",
+            to_embed=args.text_embedding_model != "none", source={"public_dataset": name},
         )
         if num_items is not None:
             warn_on_item_count(name, num_items, public.expected_num_items, public.item_count_note)
@@ -289,6 +306,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.force, "local",
             _command(args, ["--local_dir", str(args.local_dir), "--dataset_name", args.dataset_name, *fields]),
             args.text_fields, to_embed=args.text_embedding_model != "none",
+            source={"local_dir": str(args.local_dir.resolve())},
         )
         prepared.append((args.dataset_name, texts))
     if args.text_embedding_model != "none":

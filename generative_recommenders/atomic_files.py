@@ -9,7 +9,9 @@ results, comparison outputs, recommendations) goes through this module.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -69,4 +71,20 @@ def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
     # Saved through a file object: torch names the archive inside after a path's file name,
     # which for a temp file would make equal objects give different bytes.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as error:  # torch reports a failed write as "[enforce fail ...] unexpected pos"
+            raise _failed_write(error, Path(path)) from error
+
+
+# Less room than this left after a failed write: the disk is taken to be full.
+_NEARLY_FULL_BYTES = 64 << 20
+
+
+def _failed_write(error: RuntimeError, path: Path) -> BaseException:
+    """torch's error for a write that failed, as the OSError it hides (a full disk), else as it is."""
+    if "unexpected pos" not in str(error):
+        return error
+    if shutil.disk_usage(path.parent).free < _NEARLY_FULL_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"the write failed ({str(error).strip().splitlines()[0]})", str(path))

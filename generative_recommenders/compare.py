@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from generative_recommenders.atomic_files import atomic_path, atomic_write_text
+from generative_recommenders.data.identity import check_runs_share_data
 from generative_recommenders.errors import UserError, run_command
 from generative_recommenders.logs import configure_logging, get_logger
 from generative_recommenders.evaluation.metrics import DEFAULT_REPORTED
@@ -200,6 +201,7 @@ def load_runs(arguments: Iterable[os.PathLike]) -> List[Run]:
         runs.append(Run(path.parent, results))
     if not runs:
         raise CompareError("none of the runs has finished")
+    check_runs_share_data([(run.folder, run.results) for run in runs])  # data/identity.py
     return runs
 
 
@@ -545,4 +547,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    run_command("compare", main)
+    run_command("compare", main)  # one line for a UserError or a failed write (e.g. --output_dir a file)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 import traceback
 from typing import Callable, List, NoReturn, Optional, Sequence
@@ -23,13 +24,38 @@ class UserError(ValueError):
     """Bad input, a bad setting or a bad environment: reported as one line."""
 
 
+class SettingError(UserError):
+    """A gin setting of a model (e.g. ``hstu_encoder.num_heads``) that cannot build it."""
+
+
+def require_heads(setting: str, num_heads: object, embedding_dim: int, must_divide: bool) -> None:
+    """Raises SettingError unless ``num_heads`` (gin's ``setting``) is a whole number >= 1 that, where
+    ``must_divide``, divides ``embedding_dim`` (train_fn.item_embedding_dim)."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise SettingError(f"{setting} must be a whole number >= 1, got {num_heads!r}")
+    if must_divide and embedding_dim % num_heads:
+        divisors = ", ".join(str(d) for d in range(1, embedding_dim + 1) if embedding_dim % d == 0)
+        raise SettingError(
+            f"{setting} = {num_heads} does not divide the embedding dimension {embedding_dim} "
+            f"(train_fn.item_embedding_dim): choose one of {divisors}"
+        )
+
+
 def debug_requested(argv: Optional[Sequence[str]] = None) -> bool:
     argv = sys.argv if argv is None else argv
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENVIRONMENT, "") not in ("", "0")
 
 
+# An OSError as gin passes it on from a configurable: rebuilt from its text, its errno and path only in there.
+_OS_ERROR_TEXT = re.compile(r"^\[Errno (\d+)\] (.*?)(?:: '(.*)')?$")
+
+
 def os_error_message(error: OSError) -> str:
     """One line for a failed file operation: the path, and what to do about it."""
+    if error.errno is None:
+        match = _OS_ERROR_TEXT.match(str(error).splitlines()[0] if str(error) else "")
+        if match:
+            error = OSError(int(match.group(1)), match.group(2), match.group(3))
     path = error.filename or "the output"
     if error.errno == errno.ENOSPC:
         return f"{path}: no space left on the device; free some space or write elsewhere"

@@ -356,13 +356,21 @@ def prepare_datasets(args: argparse.Namespace) -> List[str]:
         prep.prepare_dataset(
             name, partial(public.load, args.data_root / "raw"), args.data_root, False, public.text_recipe,
             f"python3 preprocess_public_data.py --dataset {name}", timestamp_unit=public.timestamp_unit,
+            source={"public_dataset": name},  # data/sources.py: recorded, and checked on a rerun
         )
         names.append(name)
     for folder in args.local_dir:
         name = folder.resolve().name
+        if name in names:  # one folder name, one prepared dataset
+            raise GrebError(
+                f"--local_dir {folder}: its name {name} is already a dataset of this run (--dataset or another "
+                f"--local_dir); prepare it under another name (python3 preprocess_public_data.py --local_dir "
+                f"{folder} --dataset_name NAME) and pass --dataset NAME"
+            )
         prep.prepare_dataset(
             name, partial(load_local_dataset, folder), args.data_root, False, "local",
             f"python3 preprocess_public_data.py --local_dir {folder} --dataset_name {name}",
+            source={"local_dir": str(folder.resolve())},  # data/sources.py: recorded, and checked on a rerun
         )
         names.append(name)
     return names

@@ -36,6 +36,25 @@ TITLE_WIDTH = 64
 OUTPUT_FORMATS = (".csv", ".parquet")
 
 
+def check_device(name: str) -> None:
+    """Raises RecommenderError unless ``--device name`` is a device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RecommenderError(f"--device {name}: not a device name; use cpu, or cuda where there is a GPU") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecommenderError(f"--device {name}: this machine has no usable CUDA GPU; use --device cpu (or leave it out)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RecommenderError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise RecommenderError(f"--device {name}: the recommender runs on cpu or cuda")
+
+
 def _parse_list(text: str, flag: str) -> List[str]:
     values = [value.strip() for value in text.split(",") if value.strip()]
     if not values:
@@ -138,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.chunk_size < 1:
         raise RecommenderError(f"--chunk_size {args.chunk_size}: must be at least 1")
 
+    if args.device is not None:
+        check_device(args.device)
     rec = Recommender.from_run(
         args.run_dir, args.weights, args.device, args.data_dir, args.index, True if args.include_cold else None
     )

@@ -48,6 +48,7 @@ import torch
 
 from generative_recommenders.data.ctr import ItemCategories, read_item_categories
 from generative_recommenders.data.dataset import collate_sequences
+from generative_recommenders.data.identity import IDENTITY_KEY, check_data_identity
 from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
@@ -338,6 +339,11 @@ class Recommender:
         with _bound_gin_config(results):
             assembly = assemble(config, data_dir, device)
         _check_same_data(assembly, results, run_dir)
+        check_data_identity(  # data/identity.py: the same counts are not the same data
+            results.get(IDENTITY_KEY), assembly.data_dir, run_dir,
+            "pass the run's prepared folder (data_dir=..., --data_dir), or prepare that dataset again as it was",
+            assembly.data.maps,
+        )
         texts = read_item_texts(assembly.data_dir)
         if len(texts) != assembly.data.num_items:
             raise RecommenderError(

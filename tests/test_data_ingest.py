@@ -6,6 +6,7 @@ import errno
 import gzip
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Dict, List
@@ -533,3 +534,130 @@ def test_the_manifest_records_the_command_that_prepared_the_folder(toy_dir: Path
         f"--text_fields title,brand --output_root {out_root}"
     )
     assert sorted(manifest["files"]) == ["data_maps.json", "item_metadata.jsonl", "item_texts.json", "sasrec_format.csv"]
+
+
+def test_a_unicode_catalogue_keeps_its_texts_in_normal_form_c(tmp_path: Path, capsys, caplog) -> None:
+    """Only the paper's Amazon datasets replace non-ASCII characters (the reference's recipe)."""
+    titles = ["東京タワー", "Привет мир", "Gro\u0308\u00dfe Stra\u00dfe", "caf\u00e9 \u2615", "Ελληνικά", "한국어 책",
+              "नमस्ते", "العربية", "עברית", "Ça va", "naïve résumé", "plain"]
+    items = [{"item_id": f"i{k}", "title": title} for k, title in enumerate(titles)]
+    rows = "".join(f"u{k % 3},i{k},{k}\n" for k in range(len(titles)))
+    local = write_local(tmp_path / "local", "user_id,item_id,timestamp\n" + rows, items)
+    (local / "items.jsonl").write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+    assert prepare_local(local, tmp_path / "out") == 0
+    texts = json.loads((tmp_path / "out" / "toy" / "item_texts.json").read_text(encoding="utf-8"))
+    expected = [title.replace("Gro\u0308\u00dfe", "Gr\u00f6\u00dfe") for title in titles]  # composed: NFC
+    assert texts == expected and "empty text" not in caplog.text
+
+
+def test_the_amazon_recipe_says_why_texts_of_other_scripts_are_emptied(caplog) -> None:
+    from generative_recommenders.text.item_text import item_texts
+
+    records = [{"item_id": "a", "title": "東京タワー"}, {"item_id": "b", "title": "Desk lamp"}, {"item_id": "c"}]
+    assert item_texts(records, "amazon") == ["a", "Desk lamp    ", "c"]
+    assert (
+        "warning: 2 of 3 items have an empty text (the first: item_id 'a'): 1 of them hold only characters outside "
+        "ASCII, which the Amazon recipe replaces by spaces as the paper's code does, the others no text in title, "
+        "features, categories, description; their item ids stand in as their texts"
+    ) in caplog.text
+
+
+def _hashes(folder: Path) -> Dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_changed_source_is_stale_without_force_and_prepared_again_with_it(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    import hashlib
+
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    before = _hashes(out_root / "toy")
+    recorded = json.loads((out_root / "toy" / "manifest.json").read_text())["source_files"][0]
+    interactions = toy_dir / "interactions.csv"
+    interactions.write_text(TIMED_INTERACTIONS.replace("u2,b,4,200", "u2,c,4,200"), encoding="utf-8")
+    capsys.readouterr()
+    assert prepare_local(toy_dir, out_root) == 1
+    now = hashlib.sha256(interactions.read_bytes()).hexdigest()
+    command = (
+        f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy --output_root {out_root}"
+    )
+    assert one_error_line(capsys) == (
+        f"preprocess_public_data.py: {out_root / 'toy'} is stale: its source {interactions.resolve()} changed since it "
+        f"was prepared ({interactions.stat().st_size:,} bytes, sha256 {now[:12]}... where the manifest records "
+        f"{recorded['bytes']:,} bytes, sha256 {recorded['sha256'][:12]}...); prepare it again: {command} --force "
+        "(details: --debug)\n"
+    )
+    assert _hashes(out_root / "toy") == before
+    assert prepare_local(toy_dir, out_root, "--force") == 0
+    assert "toy: 2 users, 3 items" in capsys.readouterr().out
+    assert prepare_local(toy_dir, out_root) == 0  # prepared from the source as it is now
+    assert "toy: already prepared" in capsys.readouterr().out
+
+
+def test_the_same_source_files_in_another_folder_are_the_same_source(toy_dir: Path, tmp_path: Path, capsys) -> None:
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    moved = Path(shutil.copytree(toy_dir, tmp_path / "moved"))
+    capsys.readouterr()
+    assert prepare_local(moved, out_root) == 0
+    assert "toy: already prepared" in capsys.readouterr().out
+
+
+def test_greb_refuses_a_local_folder_named_as_another_dataset_of_the_run(toy_dir: Path, tmp_path: Path) -> None:
+    from generative_recommenders import greb
+
+    out_root = tmp_path / "out"
+    assert prepare_local(toy_dir, out_root) == 0
+    same_name = Path(shutil.copytree(toy_dir, tmp_path / "other" / "toy"))
+    before = _hashes(out_root / "toy")
+    args = greb.parse_args(["--dataset", "toy", "--local_dir", str(same_name), "--data_root", str(out_root)])
+    with pytest.raises(greb.GrebError) as refused:
+        greb.prepare_datasets(args)
+    assert str(refused.value) == (
+        f"--local_dir {same_name}: its name toy is already a dataset of this run (--dataset or another --local_dir); "
+        f"prepare it under another name (python3 preprocess_public_data.py --local_dir {same_name} --dataset_name NAME) "
+        "and pass --dataset NAME"
+    )
+    assert _hashes(out_root / "toy") == before
+
+
+def test_millisecond_timestamps_are_named_with_their_numbers(tmp_path: Path, caplog) -> None:
+    local = write_local(
+        tmp_path / "local", "user_id,item_id,timestamp\nu1,a,1600000000000\nu1,b,1600000001000\nu2,a,1600000002000\n",
+        [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": "B"}],
+    )
+    load_local_dataset(local)
+    assert (
+        f"warning: {local / 'interactions.csv'}: the timestamps look like milliseconds (median 1,600,000,001,000: "
+        "the year 2020 in milliseconds, after the year 5138 in seconds); the local format reads Unix seconds, so "
+        "HSTU's time buckets see every gap 1,000 times too long: divide the column by 1000 unless that is meant"
+    ) in caplog.text
+    caplog.clear()
+    (local / "interactions.csv").write_text("user_id,item_id,timestamp\nu1,a,1600000000\nu1,b,1600000001\n")
+    load_local_dataset(local)
+    assert "milliseconds" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "interactions, line, count, what",
+    [
+        ("user_id,item_id,timestamp\nu1,a,5\nu1,b,6\nu1,a,5\nu2,a,5\n", 4, 1, "user, item, rating and timestamp"),
+        ("user_id,item_id\nu1,a\nu1,a\nu1,b\nu2,b\nu2,b\nu2,a\n", 3, 2, "user, item and rating as the user's row before"),
+    ],
+)
+def test_exact_duplicate_rows_are_named(tmp_path: Path, caplog, interactions, line, count, what) -> None:
+    local = write_local(tmp_path / "local", interactions, [{"item_id": "a", "title": "A"}, {"item_id": "b", "title": "B"}])
+    interactions_df, _ = load_local_dataset(local)
+    assert len(interactions_df) == interactions.count("\n") - 1  # kept: a repeat may be real
+    assert (
+        f"warning: {local / 'interactions.csv'}, line {line}: {count} row(s) repeat an earlier row exactly "
+        f"(same {what}); each counts as an interaction: remove them unless they are real repeats"
+    ) in caplog.text
+
+
+def test_a_user_returning_to_an_item_later_is_no_duplicate(tmp_path: Path, caplog) -> None:
+    local = write_local(tmp_path / "local", "user_id,item_id\nu1,a\nu1,b\nu1,a\n", [{"item_id": "a"}, {"item_id": "b"}])
+    load_local_dataset(local)
+    assert "repeat an earlier row" not in caplog.text

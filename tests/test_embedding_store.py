@@ -1,3 +1,4 @@
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -86,6 +87,7 @@ def test_layout_and_sidecar(tmp_path: Path, capsys) -> None:
         "texts_hash": texts_hash(TEXTS),
         "pooling": "mean",
         "normalized": False,
+        "tensor_sha256": hashlib.sha256(table.numpy().tobytes()).hexdigest(),
     }
 
 
@@ -246,3 +248,32 @@ def test_load_missing_file_says_how_to_compute_it(tmp_path: Path) -> None:
     with pytest.raises(EmbeddingFileError) as error:
         load(tmp_path / "shop")
     assert str(error.value).endswith(f"with {command} --text_embedding_model fake")
+
+
+def test_a_table_copied_from_another_dataset_under_the_own_sidecar_is_refused(tmp_path: Path, capsys) -> None:
+    """Same item count, other texts: the sidecar's texts hash still matches, its tensor hash does not."""
+    own = compute(tmp_path, FakeEncoder())
+    compute_item_text_embeddings(
+        [text + "x" for text in TEXTS], FakeEncoder(), tmp_path / "other", tmp_path / "cache", chunk_size=2
+    )
+    copied = embedding_file(tmp_path / "other", "fake")
+    own.write_bytes(copied.read_bytes())
+    sidecar = json.loads(own.with_suffix(".json").read_text())
+    found = hashlib.sha256(torch.load(copied, weights_only=True).numpy().tobytes()).hexdigest()
+    with pytest.raises(EmbeddingFileError) as refused:
+        load(tmp_path / "toy")
+    assert str(refused.value) == (
+        f"{own}: not the table its sidecar describes (tensor sha256 {found[:12]}..., {own.stem}.json records "
+        f"{sidecar['tensor_sha256'][:12]}...): copied from another dataset or changed; rerun python3 "
+        f"preprocess_public_data.py --dataset toy --output_root {tmp_path} --text_embedding_model fake, or for "
+        f"your own data --local_dir DIR --dataset_name toy --output_root {tmp_path} --text_embedding_model fake"
+    )
+
+
+def test_a_sidecar_without_a_tensor_hash_loads_with_a_warning(stored: Path, caplog) -> None:
+    sidecar_path = embedding_file(stored, "fake").with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    del sidecar["tensor_sha256"]
+    sidecar_path.write_text(json.dumps(sidecar))
+    assert torch.equal(load(stored)[2], fake_embedding(TEXTS[1]))
+    assert f"{sidecar_path} records no hash of item_text_embeddings_fake.pt" in caplog.text

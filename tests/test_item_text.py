@@ -50,7 +50,9 @@ AMAZON_RECORD = {
         # Tags go without a space, as in the reference.
         ("Line one<br/>Line two", "Line oneLine two"),
         ("&lt;i&gt;escaped tag&lt;/i&gt;", "escaped tag"),
-        ("caf\u00e9 \u2122 \U0001F600 ok", "caf ok"),
+        # Unicode is kept (the Amazon recipe alone drops non-ASCII), in normal form C.
+        ("caf\u00e9 \u2122 \U0001F600 ok", "caf\u00e9 \u2122 \U0001F600 ok"),
+        ("cafe\u0301", "caf\u00e9"),
         ("a\n\tb\r\n   c  ", "a b c"),
         (["Great &amp; fun", "", None, "Two<b>x</b>"], "Great & fun, Twox."),
         (["Already ends."], "Already ends.."),
@@ -220,7 +222,7 @@ LOCAL_RECORD = {
 
 
 def test_local_uses_text_fields_in_key_order() -> None:
-    assert local_item_text(LOCAL_RECORD) == "Blue mug kitchen, caf. 12 0.5 Holds 350 ml"
+    assert local_item_text(LOCAL_RECORD) == "Blue mug kitchen, caf\u00e9. 12 0.5 Holds 350 ml"
 
 
 def test_local_fields_selection() -> None:

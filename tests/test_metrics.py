@@ -39,8 +39,8 @@ ITEM_SCORES = torch.tensor([9.0, 0.1, 0.5, 0.9, 0.3, 0.7])
         # Target 2 (0.5), history 3 and 5 removed -> 1. Target 5 (0.7), no history: 3 ahead -> 2.
         # Target 4 (0.3) repeats (twice): 2, 3 and 5 ahead -> 4.
         ("rank", None, [1, 1, 2, 4]),
-        # The reference's rule: a repeated target is a miss, one past the catalogue's 5 items ...
-        ("miss", None, [6, 1, 2, 6]),
+        # The reference's rule: a repeated target is a miss, the paper's rank 2,501 in any smaller catalogue ...
+        ("miss", None, [2501, 1, 2, 2501]),
         # ... or one past the cap; the cap also turns the ranked 4 into 3.
         ("miss", 2, [3, 1, 2, 3]),
         ("rank", 2, [1, 1, 2, 3]),
@@ -86,9 +86,9 @@ def _sequences(*users):
 @pytest.mark.parametrize(
     "max_sequence_length, rule, ranks",
     [
-        # User 0's last item (id 3) repeats its first: ranked 1, or a miss (rank 6).
+        # User 0's last item (id 3) repeats its first: ranked 1, or a miss (rank 2,501).
         (50, "rank", [1, 1, 2]),
-        (50, "miss", [6, 1, 2]),
+        (50, "miss", [2501, 1, 2]),
         # Truncated to one item, user 0's history no longer holds its target: ranked; user 1's
         # history is item 5 alone, so item 3 (0.9) is ahead of its target 2.
         (1, "miss", [1, 2, 2]),
@@ -158,7 +158,7 @@ def _ranks_one_by_one(scores, targets, history, rank_cap=None, rule="rank"):
         )
         rank = ahead + 1
         if rule == "miss" and target in {int(i) for i in history[b]}:
-            rank = scores.size(1)  # num_items + 1
+            rank = max(2501, scores.size(1))  # the paper's MAX_K + 1, or past a larger catalogue
         ranks.append(rank_cap + 1 if rank_cap is not None and rank > rank_cap else rank)
     return ranks
 
@@ -175,3 +175,27 @@ def test_ranks_equal_the_item_by_item_count(rank_cap, rule):
     history[1::4, -3:] = 0
     expected = _ranks_one_by_one(scores, targets, history, rank_cap, rule)
     assert target_ranks(scores, targets, history, rank_cap, rule).tolist() == expected
+
+
+def test_a_repeated_target_is_a_miss_at_every_reported_k_in_a_catalogue_smaller_than_every_k():
+    """60 items, every target repeats a history item: the paper's code counts 0 hits at any K
+    (rank MAX_K + 1 = 2,501), not HR@100 = 1 as rank num_items + 1 = 61 would."""
+    num_items, users = 60, 8
+    scores = torch.rand(users, num_items + 1, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(1, users + 1)
+    history = torch.stack([targets, targets + 20], dim=1)  # each history holds its own target
+    ranks = target_ranks(scores, targets, history, repeated_target="miss")
+    assert ranks.tolist() == [2501] * users
+    acc = MetricAccumulator()
+    acc.add(ranks)
+    means = acc.means()
+    assert all(means[f"hr@{k}"] == 0.0 for k in (1, 10, 50, 100, 200))
+    assert all(means[f"ndcg@{k}"] == 0.0 for k in (10, 50, 200))
+    assert means["mrr"] == pytest.approx(1 / 2501)
+
+
+def test_a_miss_ranks_past_a_catalogue_larger_than_the_papers_cap():
+    scores = torch.zeros(1, 3001)  # 3,000 items all tied: a ranked target is last of those ranked
+    ranks = target_ranks(scores, torch.tensor([5]), torch.tensor([[5]]), repeated_target="miss")
+    assert ranks.tolist() == [3001]
+    assert target_ranks(scores, torch.tensor([5]), torch.tensor([[6]]), repeated_target="miss").tolist() == [2999]

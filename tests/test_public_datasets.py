@@ -513,3 +513,61 @@ def test_download_removes_a_corrupt_file(tmp_path: Path, server) -> None:
     with pytest.raises(DownloadError, match="is corrupt"):
         download(url, tmp_path / "steam_games.json.gz")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_local_folder_is_refused_where_a_public_dataset_was_prepared(raw_dir: Path, tmp_path: Path, capsys) -> None:
+    import hashlib
+
+    assert prepare(tmp_path / "out", raw_dir, "steam") == 0
+    folder = tmp_path / "out" / "steam"
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "interactions.csv").write_text("user_id,item_id\nu1,a\nu1,b\n")
+    (local / "items.jsonl").write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": "B"}\n')
+    argv = ["--local_dir", str(local), "--dataset_name", "steam", "--output_root", str(tmp_path / "out"),
+            "--text_embedding_model", "none"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_command("preprocess_public_data.py", preprocess_public_data.main, argv)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (
+        f"preprocess_public_data.py: {folder} is stale: it was prepared from the public dataset steam, not from the "
+        f"local folder {local.resolve()}; prepare it again: python3 preprocess_public_data.py --local_dir {local} "
+        f"--dataset_name steam --output_root {tmp_path / 'out'} --force (details: --debug)\n"
+    )
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == before
+
+
+def test_a_changed_raw_file_makes_a_public_dataset_stale(raw_dir: Path, tmp_path: Path, capsys) -> None:
+    assert prepare(tmp_path / "out", raw_dir, "steam") == 0
+    games = raw_dir / "steam_games.json.gz"
+    os.utime(games, ns=(0, 0))  # touched, same bytes: not a change
+    assert prepare(tmp_path / "out", raw_dir, "steam") == 0
+    games.write_bytes(games.read_bytes() + b"")  # rewritten with the same bytes: still the same
+    assert prepare(tmp_path / "out", raw_dir, "steam") == 0
+    with gzip.open(games, "ab") as f:
+        f.write(b"{'id': '999', 'app_name': 'New'}\n")
+    capsys.readouterr()
+    assert prepare(tmp_path / "out", raw_dir, "steam") == 1
+    assert f"is stale: its source {games.resolve()} changed since it was prepared" in capsys.readouterr().err
+
+
+def test_greb_refuses_a_local_folder_where_the_public_dataset_of_its_name_was_prepared(raw_dir: Path, tmp_path: Path) -> None:
+    from generative_recommenders import greb
+    from generative_recommenders.data.sequence_format import DatasetFormatError
+
+    assert prepare(tmp_path / "data", raw_dir, "steam") == 0
+    local = tmp_path / "mine" / "steam"
+    local.mkdir(parents=True)
+    (local / "interactions.csv").write_text("user_id,item_id\nu1,a\nu1,b\n")
+    (local / "items.jsonl").write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": "B"}\n')
+    manifest = (tmp_path / "data" / "steam" / "manifest.json").read_bytes()
+    with pytest.raises(DatasetFormatError) as refused:
+        greb.prepare_datasets(greb.parse_args(["--local_dir", str(local), "--data_root", str(tmp_path / "data")]))
+    assert str(refused.value) == (
+        f"{tmp_path / 'data' / 'steam'} is stale: it was prepared from the public dataset steam, not from the local "
+        f"folder {local.resolve()}; prepare it again: python3 preprocess_public_data.py --local_dir {local} "
+        "--dataset_name steam --force"
+    )
+    assert (tmp_path / "data" / "steam" / "manifest.json").read_bytes() == manifest

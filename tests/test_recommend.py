@@ -46,7 +46,7 @@ def _dataset(data_dir: Path, with_new_item: bool) -> None:
     compute_item_text_embeddings(texts, _HashEncoder(), data_dir, data_dir.parent / "cache")
 
 
-def _train(root: Path, dataset: str, run_name: str, *extra: str) -> Path:
+def _train(root: Path, dataset: str, run_name: str, *extra: str, resume: bool = False) -> Path:
     gin.clear_config()
     gin.parse_config(
         [
@@ -70,7 +70,7 @@ def _train(root: Path, dataset: str, run_name: str, *extra: str) -> Path:
         ]
     )
     try:
-        return Path(train_fn()["run_dir"])
+        return Path(train_fn(resume=resume)["run_dir"])
     finally:
         gin.clear_config()
         torch.use_deterministic_algorithms(False)

@@ -136,8 +136,12 @@ def test_resume_extends_a_finished_run_and_a_finished_run_says_so(tiny, capsys):
     three = train_config_file(str(config), ["train_fn.num_epochs = 3"], resume=True)
     assert three["epochs_trained"] == 3 and three["resumed_at"] == [{"epoch": 2, "step": 20}]
     assert three["epochs"][:2] == two["epochs"]  # the first two epochs are the finished run's
-    with pytest.raises(RunFolderError, match="another configuration"):  # more epochs without --resume: a new run
+    with pytest.raises(RunFolderError) as refused:  # more epochs without --resume: says that --resume extends it
         train_config_file(str(config), ["train_fn.num_epochs = 4"])
+    assert one_line(refused.value) == (
+        f"{folder} holds this run with fewer epochs (-train_fn.num_epochs = 3; +train_fn.num_epochs = 4): "
+        "pass --resume to extend it to the larger train_fn.num_epochs, or give this run its own train_fn.run_name"
+    )
     assert only_extends_epochs("a = 1\ntrain_fn.num_epochs = 2", "a = 1\ntrain_fn.num_epochs = 3")
     assert not only_extends_epochs("a = 1\ntrain_fn.num_epochs = 3", "a = 2\ntrain_fn.num_epochs = 4")
 
@@ -194,3 +198,153 @@ def test_results_record_their_provenance_and_config(tiny):
     with RunFolderLock(Path(results["run_dir"])):  # the run released its folder
         pass
     assert os.environ.get("GR_DEBUG") in (None, "", "0")
+
+
+def test_a_finished_run_with_a_damaged_results_file_is_never_trained_over(tiny):
+    root, config = tiny
+    assert run_main(config, ONE_EPOCH).returncode == 0
+    folder = run_folder(root / "exps")
+    results = folder / "results.json"
+    finished = json.loads(results.read_text())
+    results.write_text(results.read_text()[:300])  # cut short
+    before = _snapshot(folder)
+    proc = run_main(config, ONE_EPOCH)
+    try:
+        json.loads(results.read_text())
+    except json.JSONDecodeError as error:
+        damage = f"JSONDecodeError: {error}"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", (
+        f"main.py: {results} is damaged ({damage}), beside the run's checkpoint.pt, best_model.pt, last_model.pt; "
+        "nothing was removed: restore it from a backup, pass --resume to rebuild it from checkpoint.pt, or pass "
+        "--overwrite to train the run again (replacing them) (details: --debug)\n"
+    ))
+    assert _snapshot(folder) == before
+    # Without the checkpoint, --resume cannot rebuild it either.
+    (folder / "checkpoint.pt").rename(root / "checkpoint.pt")
+    proc = run_main(config, ONE_EPOCH, flags=["--resume"])
+    assert (proc.returncode, proc.stderr) == (1, (
+        f"main.py: {results} is damaged ({damage}), beside the run's best_model.pt, last_model.pt; nothing was "
+        "removed: restore it from a backup, pass --overwrite to train the run again (replacing them) (details: --debug)\n"
+    ))
+    (root / "checkpoint.pt").rename(folder / "checkpoint.pt")
+    assert _snapshot(folder) == before
+    assert run_main(config, ONE_EPOCH, flags=["--resume"]).returncode == 0
+    rebuilt = json.loads(results.read_text())
+    assert rebuilt["finished"] and rebuilt["epochs"] == finished["epochs"] and rebuilt["best"] == finished["best"]
+
+
+def test_weights_without_a_results_file_are_refused(tiny):
+    root, config = tiny
+    folder = Path(train_config_file(str(config), [ONE_EPOCH])["run_dir"])
+    (folder / "results.json").unlink()
+    (folder / "checkpoint.pt").unlink()
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as refused:
+        train_config_file(str(config), [ONE_EPOCH])
+    assert one_line(refused.value) == (
+        f"{folder / 'results.json'} is missing, beside the run's best_model.pt, last_model.pt; nothing was removed: "
+        "restore it from a backup, pass --overwrite to train the run again (replacing them)"
+    )
+    assert _snapshot(folder) == before
+
+
+def test_resume_and_overwrite_together_are_refused(tiny):
+    root, config = tiny
+    folder = Path(train_config_file(str(config), [ONE_EPOCH])["run_dir"])
+    before = _snapshot(folder)
+    with pytest.raises(RunFolderError) as refused:
+        train_config_file(str(config), [ONE_EPOCH], resume=True, overwrite=True)
+    assert one_line(refused.value) == (
+        f"--resume and --overwrite contradict each other (--resume continues the run in {folder}, "
+        "--overwrite deletes it): pass one of them"
+    )
+    assert _snapshot(folder) == before
+
+
+def test_a_finished_run_moved_to_another_output_root_is_the_same_run(tiny, capsys):
+    root, config = tiny
+    finished = train_config_file(str(config), [ONE_EPOCH])
+    moved_root = root / "moved"
+    folder = Path(finished["run_dir"])
+    (moved_root / "cyclic").mkdir(parents=True)
+    moved = moved_root / "cyclic" / folder.name
+    folder.rename(moved)
+    before = _snapshot(moved)
+    again = train_config_file(str(config), [ONE_EPOCH, f'train_fn.output_root = "{moved_root}"'])
+    assert again["best"] == finished["best"] and again["epochs"] == finished["epochs"]
+    assert f"{moved} finished all 1 epochs of this configuration already; its results stand" in capsys.readouterr().out
+    assert _snapshot(moved) == before
+
+
+def test_a_full_disk_while_training_is_named_as_such_and_leaves_no_partial_file(tiny, monkeypatch):
+    import collections
+
+    import torch
+
+    from generative_recommenders import atomic_files
+
+    root, config = tiny
+
+    def disk_full(obj, f):
+        f.write(b"PK")  # a part of the archive got out before the disk filled
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2048 vs 1986")
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(atomic_files.shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 0))
+    with pytest.raises(OSError) as error:
+        train_config_file(str(config), [ONE_EPOCH, 'train_fn.run_name = "full"'])
+    folder = root / "exps" / "cyclic" / "full-s42"
+    assert one_line(error.value) == (
+        f"{folder / 'checkpoint.pt'}: no space left on the device; free some space or write elsewhere"
+    )
+    assert not [p.name for p in folder.iterdir() if p.suffix in (".pt", ".tmp")]  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    "module, bindings, message",
+    [
+        ("HSTU", ['train_fn.main_module = "DIN"'],
+         'train_fn.main_module = "DIN" is a CTR model (it scores (history, item) pairs, judged by AUC), not a '
+         'retrieval model: it trains with train_fn.loss_module = "BinaryCrossEntropyLoss" and '
+         'train_fn.selection_metric = "auc"; start from configs/greb/din.gin'),
+        ("HSTU", ["train_fn.temperature = 1e-40"],
+         "train_fn.temperature = 1e-40 is too small: a similarity divided by it overflows float32 and the loss "
+         "becomes NaN; use at least 3e-39 (the reference uses 0.05)"),
+        ("HSTU", ["train_fn.num_epochs = (1"],
+         "invalid --gin_bindings 'train_fn.num_epochs = (1': EOF in multi-line statement (a bracket or quote left open)"),
+        ("HSTU", ["train_fn.num_epochs = = 1", "train_fn.learning_rate = 0.1"],
+         "invalid --gin_bindings 'train_fn.num_epochs = = 1': Unable to parse value. (line 1)"),
+        ("HSTU", ["hstu_encoder.num_heads = 0"], "hstu_encoder.num_heads must be a whole number >= 1, got 0"),
+        ("SASRec", ["sasrec_encoder.num_heads = 3", "train_fn.item_embedding_dim = 50"],
+         "sasrec_encoder.num_heads = 3 does not divide the embedding dimension 50 (train_fn.item_embedding_dim): "
+         "choose one of 1, 2, 5, 10, 25, 50"),
+        ("HSTU", ['train_fn.embedding_module_type = "local_and_text"', 'train_fn.text_embedding_model = "fake"',
+                  'text_fusion.mode = "multiply"'],
+         "text_fusion.mode must be one of add, gate, concat, text_only, got 'multiply'"),
+    ],
+)
+def test_settings_main_refuses_in_one_line_naming_the_setting(tmp_path, module, bindings, message):
+    from test_train import _text_dataset
+
+    _text_dataset(tmp_path)
+    proc = run_main(tiny_config(tmp_path, module), *bindings)
+    assert (proc.returncode, proc.stderr) == (1, f"main.py: {message} (details: --debug)\n")
+    assert not (tmp_path / "exps").exists() or not list((tmp_path / "exps").rglob("*.pt"))
+
+
+def test_a_syntax_error_in_the_config_file_names_the_file_and_line(tmp_path):
+    config = tmp_path / "broken.gin"
+    config.write_text("train_fn.num_epochs = = 2\n")
+    proc = run_main(config)
+    assert (proc.returncode, proc.stderr) == (
+        1, f"main.py: invalid gin config {config}: Unable to parse value. (broken.gin, line 1) (details: --debug)\n"
+    )
+
+
+def test_nproc_zero_names_the_flag(tiny):
+    _, config = tiny
+    proc = run_main(config, flags=["--nproc=0"])
+    assert (proc.returncode, proc.stderr) == (
+        1, "main.py: --nproc must be >= 1 (the processes to start on this machine), got 0 (details: --debug)\n"
+    )

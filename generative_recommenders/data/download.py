@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional, Sequence, TextIO, Tuple
 from tqdm import tqdm
 
 from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.data.sources import note_source
 from generative_recommenders.errors import UserError
 
 _CHUNK_BYTES = 1 << 20
@@ -191,7 +192,10 @@ def fetch_raw_files(dataset: str, files: Sequence[RawFile], raw_dir: Path) -> Li
             f"and could not be downloaded: fetch them by hand and put them there (or pass a folder "
             f"holding them with --raw_dir), then rerun:{listing}"
         )
-    return [path for path in paths if path is not None]
+    found = [path for path in paths if path is not None]
+    for path in found:
+        note_source(path)
+    return found
 
 
 @contextlib.contextmanager

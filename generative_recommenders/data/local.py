@@ -11,7 +11,8 @@ A local dataset is a folder holding
   text fields (strings or lists of strings), one line per item.
 
 Both are UTF-8 (a byte order mark is accepted); spaces around header names
-are ignored.
+are ignored. Timestamps that look like milliseconds and rows that repeat an
+earlier row exactly are kept and named in a warning with their numbers.
 
 A prepared dataset keeps its items' metadata in ``item_metadata.jsonl``, line
 ``k`` describing item id ``k``, for the item text embedding step.
@@ -35,6 +36,8 @@ from generative_recommenders.data.sequence_format import (
     decode_utf8,
     record_in_manifest,
 )
+from generative_recommenders.data.sources import note_source
+from generative_recommenders.logs import get_logger
 
 INTERACTIONS_FILE = "interactions.csv"
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
@@ -42,6 +45,8 @@ ITEMS_FILE = "items.jsonl"
 ITEM_METADATA_FILE = "item_metadata.jsonl"
 
 Items = Dict[str, Dict[str, Any]]
+
+logger = get_logger(__name__)
 
 
 def require_item_metadata(interactions: pd.DataFrame, items: Items, source: str) -> None:
@@ -112,9 +117,45 @@ def _read_interactions(path: Path) -> pd.DataFrame:
     if "timestamp" in df:
         # Fractional seconds are dropped: the contract stores whole seconds.
         out["timestamp"] = np.floor(numeric_column(df, "timestamp", path)).astype(np.int64)
+        warn_on_milliseconds(out["timestamp"], path)
     else:
         out["timestamp"] = out.groupby("user_id", sort=False).cumcount().astype(np.int64)
+    warn_on_duplicate_rows(out, path, "timestamp" in df)
     return out
+
+
+# Unix times from 1973 to 2286 in milliseconds; in seconds they would be after the year 5138.
+_MILLISECONDS = (1e11, 1e13)
+
+
+def warn_on_milliseconds(timestamps: pd.Series, path: Path) -> None:
+    """Warns, with the numbers, when the timestamps look like milliseconds, not the format's seconds:
+    HSTU buckets time gaps by their logarithm, so every gap would land 1000 times further out."""
+    median = float(timestamps.median())
+    if not _MILLISECONDS[0] <= median < _MILLISECONDS[1]:
+        return
+    as_ms = pd.Timestamp(int(median), unit="ms").year
+    logger.warning(
+        f"warning: {path}: the timestamps look like milliseconds (median {int(median):,}: the year {as_ms} in "
+        f"milliseconds, after the year 5138 in seconds); the local format reads Unix seconds, so HSTU's time "
+        f"buckets see every gap 1,000 times too long: divide the column by 1000 unless that is meant"
+    )
+
+
+def warn_on_duplicate_rows(interactions: pd.DataFrame, path: Path, timed: bool) -> None:
+    """Warns when rows repeat exactly: each counts as an interaction (kept, as a repeat may be real)."""
+    if timed:
+        repeated = interactions.duplicated(["user_id", "item_id", "rating", "timestamp"])
+    else:  # rows in time order: only a repeat of the same user's row just before is suspect
+        previous = interactions.groupby("user_id", sort=False)[["item_id", "rating"]].shift()
+        repeated = (interactions[["item_id", "rating"]] == previous).all(axis=1)
+    if repeated.any():
+        first = int(np.flatnonzero(repeated.to_numpy())[0])
+        what = "user, item, rating and timestamp" if timed else "user, item and rating as the user's row before"
+        logger.warning(
+            f"warning: {path}, line {first + 2}: {int(repeated.sum()):,} row(s) repeat an earlier row exactly "
+            f"(same {what}); each counts as an interaction: remove them unless they are real repeats"
+        )
 
 
 def iter_item_records(path: Path, skip_blank_lines: bool) -> Iterator[Tuple[int, Dict[str, Any]]]:
@@ -189,6 +230,8 @@ def load_local_dataset(
     interactions = _read_interactions(interactions_path)
     items_path = local_dir / ITEMS_FILE
     items = _read_items(items_path)
+    note_source(interactions_path)
+    note_source(items_path)
     require_item_metadata(interactions, items, str(items_path))
 
     interactions = keep_frequent(interactions, "user_id", min_sequence_length, str(interactions_path))

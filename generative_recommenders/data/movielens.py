@@ -36,6 +36,7 @@ from generative_recommenders.atomic_files import atomic_write_text
 from generative_recommenders.data.download import DownloadError, RawFile, fetch_raw_files
 from generative_recommenders.data.local import Items, require_item_metadata
 from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.data.sources import note_source
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -135,6 +136,8 @@ def _ml100k_files(raw_dir: Path) -> Tuple[Path, Path]:
         for path in paths:
             with _zip_member(wheel, f"{_RECBOLE_ML100K_DIR}/{path.name}") as f:
                 atomic_write_text(path, f.read().decode("utf-8"))
+    for path in paths:
+        note_source(path)
     return paths
 
 

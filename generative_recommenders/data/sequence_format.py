@@ -208,6 +208,7 @@ def write_sequence_dataset(
     interactions: pd.DataFrame,
     extra_maps: Optional[Dict[str, Any]] = None,
     prepare_command: Optional[str] = None,
+    provenance: Optional[Dict[str, Any]] = None,
 ) -> SequenceDataset:
     """Numbers users and items and writes the contract files atomically, the manifest last.
 
@@ -220,6 +221,8 @@ def write_sequence_dataset(
         extra_maps: more entries for ``data_maps.json`` (e.g. ``id2meta``).
         prepare_command: the command that prepares this folder, for the
             manifest and the messages that suggest it.
+        provenance: more manifest entries: what the folder is prepared from
+            (``data/sources.py``).
     """
     out_dir = Path(out_dir)
     missing = {"user_id", "item_id", "rating", "timestamp"} - set(interactions.columns)
@@ -273,6 +276,7 @@ def write_sequence_dataset(
     manifest: Dict[str, Any] = {"format_version": MANIFEST_VERSION, **{c: maps[c] for c in COUNTS}, "files": {}}
     if prepare_command:
         manifest["prepare_command"] = prepare_command
+    manifest.update(provenance or {})
     _write_manifest(out_dir, manifest, [MAPS_FILE, SEQUENCE_FILE])
     return SequenceDataset(out_dir.name, len(id2item), item_ids, ratings, timestamps, maps)
 

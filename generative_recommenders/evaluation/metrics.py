@@ -30,6 +30,8 @@ def exclude_items(scores: torch.Tensor, item_ids: Optional[torch.Tensor] = None)
 
 
 REPEATED_TARGET_RULES = ("rank", "miss")
+# The rank the paper's code gives a miss: its MAX_K + 1 (research/data/eval.py), whatever the catalogue.
+REFERENCE_MISS_RANK = 2501
 
 
 def target_ranks(
@@ -51,8 +53,10 @@ def target_ranks(
             history items. ``"rank"``: it stays in the ranking and is ranked
             like any other target. ``"miss"`` (the reference: it removes the
             whole history, the target too): the user scores a miss, rank
-            ``rank_cap + 1``, or without a cap ``num_items + 1``, the rank just
-            past the catalogue (HR@K and NDCG@K 0, MRR ``1 / (num_items + 1)``).
+            ``rank_cap + 1``, or without a cap the paper's
+            ``REFERENCE_MISS_RANK`` (2,501), or ``num_items + 1`` where the
+            catalogue is larger, so that a miss never ranks above a ranked
+            target: a hit at no reported K (HR@K and NDCG@K 0).
     """
     if repeated_target not in REPEATED_TARGET_RULES:
         raise ValueError(f"repeated_target must be one of {REPEATED_TARGET_RULES}, got {repeated_target!r}")
@@ -174,7 +178,7 @@ def _apply_rules(
     """The repeated-target rule and the rank cap of :func:`target_ranks` applied to plain ranks."""
     if repeated_target == "miss" and history_ids is not None:
         repeated = (history_ids == target_ids.view(-1, 1)).any(dim=1)
-        miss = num_columns if rank_cap is None else rank_cap + 1  # num_items + 1 without a cap
+        miss = max(REFERENCE_MISS_RANK, num_columns) if rank_cap is None else rank_cap + 1
         ranks = torch.where(repeated, torch.full_like(ranks, miss), ranks)
     if rank_cap is not None:
         ranks = torch.where(ranks > rank_cap, torch.full_like(ranks, rank_cap + 1), ranks)

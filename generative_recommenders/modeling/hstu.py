@@ -14,6 +14,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
+from generative_recommenders.errors import require_heads
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 from generative_recommenders.modeling.sequential import SequentialRecommender, encoder_arguments, sequential_recommender
 from generative_recommenders.ops import hstu_attention, jagged
@@ -132,6 +133,7 @@ class HSTUEncoder(torch.nn.Module):
         jagged_backend: str = jagged.DEFAULT_BACKEND,
     ) -> None:
         super().__init__()
+        require_heads("hstu_encoder.num_heads", num_heads, embedding_dim, must_divide=False)  # heads have their own dqk, dv
         self.num_positions = num_positions
         self.enable_relative_attention_bias = enable_relative_attention_bias
         self.jagged_backend = jagged.check_backend(jagged_backend)

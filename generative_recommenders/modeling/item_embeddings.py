@@ -11,6 +11,8 @@ from typing import Optional
 import gin
 import torch
 
+from generative_recommenders.errors import SettingError
+
 FUSION_MODES = ("add", "gate", "concat", "text_only")
 PROJECTIONS = ("linear", "mlp", "dropout_linear_relu")
 
@@ -80,9 +82,9 @@ class ItemEmbeddingWithText(torch.nn.Module):
     ) -> None:
         super().__init__()
         if mode not in FUSION_MODES:
-            raise ValueError(f"text_fusion.mode must be one of {FUSION_MODES}, got {mode!r}")
+            raise SettingError(f"text_fusion.mode must be one of {', '.join(FUSION_MODES)}, got {mode!r}")
         if projection not in PROJECTIONS:
-            raise ValueError(f"text_fusion.projection must be one of {PROJECTIONS}, got {projection!r}")
+            raise SettingError(f"text_fusion.projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
         if text_embeddings.dim() != 2 or text_embeddings.size(0) != num_items + 1:
             raise ValueError(
                 f"text embeddings of shape {tuple(text_embeddings.shape)} do not fit "

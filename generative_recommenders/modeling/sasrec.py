@@ -10,6 +10,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
+from generative_recommenders.errors import require_heads
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 from generative_recommenders.modeling.sequential import SequentialRecommender, encoder_arguments, sequential_recommender
 from generative_recommenders.ops import jagged, softmax_attention
@@ -101,6 +102,7 @@ class SASRecEncoder(torch.nn.Module):
         jagged_backend: str = jagged.DEFAULT_BACKEND,
     ) -> None:
         super().__init__()
+        require_heads("sasrec_encoder.num_heads", num_heads, embedding_dim, must_divide=True)
         self.num_positions = num_positions
         self.attention_backend = check_attention_backend(attention_backend)
         self.jagged_backend = jagged.check_backend(jagged_backend)

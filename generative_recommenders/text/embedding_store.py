@@ -36,10 +36,16 @@ from generative_recommenders.data.sequence_format import (
     verify_recorded_file,
 )
 from generative_recommenders.errors import UserError
+from generative_recommenders.logs import get_logger
 from generative_recommenders.text.encoders import TextEncoder
 
 # Sidecar fields that the loader checks; encoder metadata may repeat them, not change them.
 _CHECKED_FIELDS = ("cache_key", "dim", "num_items", "texts_hash")
+# The sidecar's sha256 of the tensor's bytes: a table copied in from elsewhere is refused.
+TENSOR_HASH_FIELD = "tensor_sha256"
+
+
+logger = get_logger(__name__)
 
 
 class EmbeddingFileError(UserError):
@@ -58,6 +64,11 @@ def texts_hash(texts: Sequence[str]) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
+
+
+def tensor_sha256(table: torch.Tensor) -> str:
+    """sha256 hex of a CPU tensor's bytes, in row-major order."""
+    return hashlib.sha256(table.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def _text_key(text: str) -> str:
@@ -209,6 +220,7 @@ def compute_item_text_embeddings(
 
     table = torch.zeros(len(texts) + 1, encoder.dim, dtype=torch.float32)
     table[1:] = cache.lookup(keys)
+    sidecar[TENSOR_HASH_FIELD] = tensor_sha256(table)
     path = embedding_file(data_dir, encoder.name)
     sidecar_path = path.with_suffix(".json")
     # The old sidecar goes first: a tensor is only trusted next to its own sidecar.
@@ -297,6 +309,18 @@ def load_item_text_embeddings(
         raise EmbeddingFileError(
             f"{path}: {int((~finite).sum())} row(s) hold NaN or inf, the first row {row} "
             f"(item id {row - 1}); rerun {rerun}"
+        )
+    recorded_tensor_hash = sidecar.get(TENSOR_HASH_FIELD)
+    if recorded_tensor_hash is None:
+        logger.warning(
+            f"warning: {sidecar_path} records no hash of {path.name} (written by an earlier version), so the "
+            f"table cannot be checked; add it with {prepare_command(data_dir, f'--text_embedding_model {model_name} --force')}"
+        )
+    elif tensor_sha256(table) != recorded_tensor_hash:
+        raise EmbeddingFileError(
+            f"{path}: not the table its sidecar describes (tensor sha256 {tensor_sha256(table)[:12]}..., "
+            f"{sidecar_path.name} records {str(recorded_tensor_hash)[:12]}...): copied from another dataset or "
+            f"changed; rerun {rerun}"
         )
     return table.float()
 

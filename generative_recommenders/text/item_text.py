@@ -2,7 +2,9 @@
 
 Each recipe is a function ``(record: dict) -> str`` over one line of a
 prepared dataset's ``item_metadata.jsonl``. :func:`item_texts` applies a
-recipe to every item of a dataset, in item id order.
+recipe to every item of a dataset, in item id order. Only the Amazon recipe
+(the paper's Amazon datasets, byte-exact) replaces non-ASCII characters; the
+others keep Unicode, in normal form C.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import html
 import math
 import os
 import re
+import unicodedata
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -41,34 +44,43 @@ def _is_text(value: Any) -> bool:
     return value is None or isinstance(value, str) or _is_number(value)
 
 
-def reference_clean(value: Any) -> str:
-    """One metadata value cleaned exactly as the reference cleans Amazon item text.
-
-    In this order: a list is joined with ", " (its elements as ``str``, None
-    as ""); ``html.unescape``; strip; ``<...>`` tags removed (no space put in
-    their place); newlines and tabs turned into spaces; runs of spaces
-    collapsed to one; then each non-ASCII character replaced by a space
-    (after the collapse, so the runs this makes stay). None becomes "";
-    another value becomes its ``str`` first.
-    """
-    if value is None:
-        return ""
+def _markup_free(value: Any) -> str:
+    """The cleaning steps every recipe that cleans shares: a list joined with ", " (its elements as
+    ``str``, None as ""); ``html.unescape``; strip; ``<...>`` tags removed (no space put in their
+    place); newlines and tabs turned into spaces; runs of spaces collapsed to one."""
     if isinstance(value, list):
         value = ", ".join("" if v is None else str(v) for v in value)
     text = html.unescape(str(value)).strip()
-    text = _TAG.sub("", text).replace("\n", " ").replace("\t", " ")
-    return _NON_ASCII.sub(" ", _SPACES.sub(" ", text))
+    return _SPACES.sub(" ", _TAG.sub("", text).replace("\n", " ").replace("\t", " "))
+
+
+def reference_clean(value: Any) -> str:
+    """One metadata value cleaned exactly as the reference cleans Amazon item text.
+
+    :func:`_markup_free`'s steps, then each non-ASCII character replaced by a
+    space (after the collapse, so the runs this makes stay). None becomes "";
+    another value becomes its ``str`` first. Only the paper's Amazon datasets
+    use it (byte-exact parity): it empties a text written in another script.
+    """
+    if value is None:
+        return ""
+    return _NON_ASCII.sub(" ", _markup_free(value))
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode normal form C: one code point per accented letter, however it was typed."""
+    return unicodedata.normalize("NFC", text)
 
 
 def clean_text(value: Any) -> str:
-    """One metadata field as tidy text: :func:`reference_clean`'s steps, whitespace normalized.
+    """One metadata field as tidy text: :func:`_markup_free`'s steps, Unicode kept, whitespace normalized.
 
     A list has each element cleaned, the non-empty ones joined with ", " and
     ended with "." (even when the last element already ends with one). A
     string is HTML-unescaped, stripped of tags (with no space in their place),
-    has each non-ASCII character replaced by a space, and then every
-    whitespace run (newlines and tabs included) collapsed to one space and
-    the ends stripped. Numbers become ``str(value)``; None and NaN become "".
+    NFC-normalized, and then every whitespace run (newlines and tabs
+    included) collapsed to one space and the ends stripped. Numbers become
+    ``str(value)``; None and NaN become "".
     """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -79,7 +91,7 @@ def clean_text(value: Any) -> str:
         return str(value)
     if not isinstance(value, str):
         raise TypeError(f"cannot clean a {type(value).__name__} as text: {value!r:.80}")
-    return _WHITESPACE.sub(" ", reference_clean(value)).strip()
+    return _WHITESPACE.sub(" ", nfc(_markup_free(value))).strip()
 
 
 def amazon_item_text(record: Dict[str, Any]) -> str:
@@ -129,7 +141,8 @@ def greb_amazon_item_text(record: Dict[str, Any]) -> str:
 def steam_item_text(record: Dict[str, Any]) -> str:
     """The reference's Steam text: the non-empty fields of STEAM_FIELDS joined with " | ".
 
-    Lists are joined with ", "; no further cleaning, as the reference.
+    Lists are joined with ", "; no further cleaning, as the reference, but for
+    the NFC normalization of every non-Amazon recipe (Unicode is kept).
     """
     fields = []
     for key in STEAM_FIELDS:
@@ -138,7 +151,7 @@ def steam_item_text(record: Dict[str, Any]) -> str:
             value = ", ".join(str(v) for v in value)
         if value is not None and str(value).strip():
             fields.append(str(value).strip())
-    return " | ".join(fields)
+    return nfc(" | ".join(fields))
 
 
 def _squeeze(value: Any) -> str:
@@ -146,7 +159,7 @@ def _squeeze(value: Any) -> str:
 
 
 def movielens_item_text(record: Dict[str, Any]) -> str:
-    """Title, year and genres, e.g. ``Toy Story (1995). Genres: Animation, Comedy.``.
+    """Title, year and genres, e.g. ``Toy Story (1995). Genres: Animation, Comedy.``, NFC-normalized.
 
     Absent parts are left out.
     """
@@ -157,7 +170,7 @@ def movielens_item_text(record: Dict[str, Any]) -> str:
         genres = [genres]
     genre_text = ", ".join(g for g in map(_squeeze, genres) if g)
     sentences = [head + "." if head else "", f"Genres: {genre_text}." if genre_text else ""]
-    return " ".join(s for s in sentences if s)
+    return nfc(" ".join(s for s in sentences if s))
 
 
 def local_item_text(record: Dict[str, Any], fields: Optional[Sequence[str]] = None) -> str:
@@ -258,9 +271,25 @@ def item_texts(
     if to_embed and empty:
         logger.warning(
             f"warning: {len(empty):,} of {len(texts):,} items have an empty text (the first: item_id "
-            f"{records[empty[0]]['item_id']!r}); their item ids stand in as their texts"
+            f"{records[empty[0]]['item_id']!r}): {_why_empty(records, empty, recipe)}; their item ids stand in "
+            "as their texts"
         )
     return texts
+
+
+def _why_empty(records: Sequence[Dict[str, Any]], empty: Sequence[int], recipe: str) -> str:
+    """Why the texts of ``records[k]``, k in ``empty``, came out empty, for the warning."""
+    if recipe == "amazon":
+        non_ascii = sum(
+            1 for k in empty if any(_NON_ASCII.search(str(records[k].get(key) or "")) for key in AMAZON_FIELDS)
+        )
+        if non_ascii:
+            return (
+                f"{non_ascii:,} of them hold only characters outside ASCII, which the Amazon recipe replaces "
+                f"by spaces as the paper's code does, the others no text in {', '.join(AMAZON_FIELDS)}"
+            )
+        return f"they hold no text in {', '.join(AMAZON_FIELDS)}"
+    return f"they hold no text in the fields the {recipe!r} recipe reads"
 
 
 def count_empty_texts(

@@ -19,7 +19,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.errors import UserError
-from generative_recommenders.trainer.run_folder import config_differences, only_extends_epochs
+from generative_recommenders.trainer.run_folder import only_extends_epochs, run_differences, same_run_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "generative_recommenders.trainer/2"  # 2: with the LR schedule's state
@@ -108,8 +108,8 @@ def load_checkpoint(path: Path, gin_config: str, dataset: Dict[str, Any], world_
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this trainer (format {CHECKPOINT_FORMAT})")
-    if state["gin_config"] != gin_config and not only_extends_epochs(state["gin_config"], gin_config):
-        changes = "; ".join(config_differences(state["gin_config"], gin_config))
+    if not same_run_config(state["gin_config"], gin_config) and not only_extends_epochs(state["gin_config"], gin_config):
+        changes = "; ".join(run_differences(state["gin_config"], gin_config))
         raise CheckpointError(
             f"{path} was written under a different gin config, so --resume would not continue the "
             "same run (only a larger train_fn.num_epochs may change); restore the config, or start over "

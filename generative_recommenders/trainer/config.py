@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import tokenize
 import typing
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import gin
 
-from generative_recommenders.errors import UserError
+from generative_recommenders.errors import UserError, one_line
 from generative_recommenders.modeling.losses import SAMPLING_STRATEGIES
 from generative_recommenders.modeling.registry import model_task, registered_models
 from generative_recommenders.ops import jagged
@@ -38,6 +39,10 @@ _TEXT_ALIASES = {
 REFERENCE_ONLY_PARAMETERS = {"save_ckpt_every_n": 1000}
 # Not options of a run: how this process runs it (train_fn's own arguments, never gin's).
 PROCESS_ARGUMENTS = {"resume": False, "overwrite": False, "context": None}
+
+
+# Below this, 1 / temperature (the logit of a unit similarity) is past float32's largest value.
+_SMALLEST_TEMPERATURE = 3e-39
 
 
 class ConfigError(UserError):
@@ -179,6 +184,12 @@ class TrainConfig:
     def _check(self) -> None:
         for field, kind in _field_types().items():
             _check_value(field, kind, getattr(self, field.name))
+        if self.temperature < _SMALLEST_TEMPERATURE:
+            raise ConfigError(
+                f"train_fn.temperature = {self.temperature:g} is too small: a similarity divided by it "
+                f"overflows float32 and the loss becomes NaN; use at least {_SMALLEST_TEMPERATURE:.1g} "
+                "(the reference uses 0.05)"
+            )
         if self.with_text != (self.text_embedding_model is not None):
             raise ConfigError(
                 "train_fn.embedding_module_type = \"local_and_text\" and train_fn.text_embedding_model "
@@ -249,9 +260,30 @@ def parse_gin(config_files: Sequence[str], bindings: Sequence[str]) -> None:
     gin.clear_config()
     try:
         gin.parse_config_files_and_bindings(list(config_files), list(bindings))
-    except (ValueError, SyntaxError, OSError) as error:
-        where = ", ".join(config_files) or "the bindings"
-        raise ConfigError(f"invalid gin config {where}: {' '.join(str(error).split())}") from None
+    except (ValueError, SyntaxError, OSError, tokenize.TokenError) as error:  # TokenError: a binding cut short
+        where = _unparsable(config_files, bindings) or f"gin config {', '.join(config_files)}"
+        detail = (
+            f"{error.args[0]} (a bracket or quote left open)" if isinstance(error, tokenize.TokenError) else one_line(error)
+        )
+        raise ConfigError(f"invalid {where}: {' '.join(detail.split())}") from None
+
+
+def _unparsable(config_files: Sequence[str], bindings: Sequence[str]) -> Optional[str]:
+    """The binding (``--gin_bindings 'X'``) that gin cannot parse, where the config files parse."""
+    gin.clear_config()
+    try:
+        try:
+            gin.parse_config_files_and_bindings(list(config_files), [], finalize_config=False)
+        except (ValueError, SyntaxError, OSError):
+            return None
+        for binding in bindings:
+            try:
+                gin.parse_config(binding)
+            except Exception:  # alone, a binding cut short fails in the tokenizer (tokenize.TokenError)
+                return f"--gin_bindings {binding!r}"
+        return None
+    finally:
+        gin.clear_config()
 
 
 def bound_parameter(name: str, default: Any = None) -> Any:

@@ -111,7 +111,7 @@ def plan_launch(nproc: Optional[int] = None, backend: Optional[str] = None) -> T
     if nproc is None:
         nproc = torch.cuda.device_count() if backend == "nccl" else 1
     if nproc < 1:
-        raise DistributedSetupError(f"the number of processes must be >= 1, got {nproc}")
+        raise DistributedSetupError(f"--nproc must be >= 1 (the processes to start on this machine), got {nproc}")
     if backend == "nccl":
         _check_gpus(nproc, f"{nproc} NCCL processes, one GPU each")
     return nproc, backend

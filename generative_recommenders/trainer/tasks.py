@@ -260,13 +260,13 @@ class CTRTask(Task):
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
-        try:
-            super().check(config)
-        except ConfigError as error:  # most likely a retrieval config with a CTR model
-            raise ConfigError(
-                f"{error}: {config.main_module} is a ranking (CTR) model; start from a CTR config "
-                "(configs/greb/din.gin, configs/greb/deepfm.gin)"
-            ) from None
+        if config.loss_module not in cls.losses_of(config.main_module) or config.selection_metric not in cls.selection_metrics:
+            raise ConfigError(  # a retrieval config naming a CTR model
+                f'train_fn.main_module = "{config.main_module}" is a CTR model (it scores (history, item) pairs, '
+                'judged by AUC), not a retrieval model: it trains with train_fn.loss_module = '
+                '"BinaryCrossEntropyLoss" and train_fn.selection_metric = "auc"; start from '
+                f"configs/greb/{config.main_module.lower()}.gin"
+            )
         if not config.validated:
             raise ConfigError(
                 f"train_fn.eval_protocol = \"{config.eval_protocol}\": {config.main_module} (a CTR model) trains "

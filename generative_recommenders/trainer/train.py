@@ -33,6 +33,7 @@ from tqdm import tqdm
 from generative_recommenders.atomic_files import atomic_torch_save
 from generative_recommenders.data.batching import LengthBucketedBatchSampler, history_lengths
 from generative_recommenders.data.dataset import collate_sequences, repeated_target_shares
+from generative_recommenders.data.identity import IDENTITY_KEY, data_identity
 from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.logs import configure_logging, get_logger
@@ -150,6 +151,7 @@ class TrainingRun:
     plateau: Optional[torch.optim.lr_scheduler.ReduceLROnPlateau]  # stepped on every validation
     selection: Optional[ModelSelection]
     run_dir: Path
+    data_identity: Dict[str, Any]  # data/identity.py: recorded in results.json, checked on every start
     log: Optional[RunLog] = None
 
     @property
@@ -240,6 +242,7 @@ def build(config: TrainConfig, context: DistributedContext, gin_config: str) -> 
         plateau=plateau,
         selection=ModelSelection(config.selection_metric, config.patience) if config.validated else None,
         run_dir=Path(config.output_root) / config.dataset_name / f"{run_name}-s{config.random_seed}",
+        data_identity=data_identity(assembly.data_dir, config.text_embedding_model if config.with_text else None, data.maps),
     )
 
 
@@ -289,6 +292,7 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
             "device": str(run.device),
             "world_size": context.world_size,
             "run_config": run.gin_config,
+            IDENTITY_KEY: run.data_identity,
             "gin_config": run.gin_config,
             "config": dataclasses.asdict(config),
             "provenance": provenance(run.device),
@@ -488,7 +492,7 @@ def claim_run_folder(run: TrainingRun, resume: bool, overwrite: bool, stack: con
     if run.context.is_main:
         try:
             stack.enter_context(RunFolderLock(run.run_dir))
-            outcome = ("ok", check_existing_run(run.run_dir, run.gin_config, resume, overwrite))
+            outcome = ("ok", check_existing_run(run.run_dir, run.gin_config, resume, overwrite, run.data_identity))
         except RunFolderError as error:
             outcome = ("refused", str(error))
     outcome = broadcast_object(outcome, run.context)
