@@ -4,7 +4,7 @@
         --encoders none,minilm,hf:PATH --models sasrec,dssm,hstu,din,deepfm --seeds 1,2,3 \\
         [--epochs N] [--ctr_epochs N] [--cold_item_share 0.1] [--gin_bindings B ...] [--output_dir exps/greb]
 
-Run from the repository root. It prepares what is missing (datasets under
+It prepares what is missing (datasets under
 ``--data_root``, text embeddings per encoder through the embedding cache),
 checks every encoder and setting before anything trains, trains every
 (dataset, encoder, model, seed) with ``configs/greb/<model>[-text].gin``
@@ -52,8 +52,6 @@ GROUP_METRICS = (("ndcg@10", "NDCG@10"), ("hr@200", "HR@200"))
 NAIVE = "none"
 TIME_COLUMN = "seconds_per_epoch"
 EPOCHS_COLUMN = "epochs_trained"  # early stopping decides it: a run's length beside its time per epoch
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs" / "greb"
 
 
 def _metrics_of(model: str) -> Tuple[Tuple[str, str, bool], ...]:
@@ -310,7 +308,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def prepare_datasets(args: argparse.Namespace) -> List[str]:
     """Prepares what is missing under ``--data_root``; returns the dataset names."""
-    import preprocess_public_data as prep  # the repository's preparation script (run from its root)
+    from generative_recommenders import prepare as prep
 
     from generative_recommenders.data.local import load_local_dataset
 
@@ -384,7 +382,9 @@ def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: st
 
 
 def config_file(model: str, encoder: str) -> str:
-    return str(CONFIG_DIR / f"{model}{'' if encoder == NAIVE else '-text'}.gin")
+    from generative_recommenders.config_files import resolve_config
+
+    return str(resolve_config(f"greb/{model}{'' if encoder == NAIVE else '-text'}"))
 
 
 def check_runs(args: argparse.Namespace, datasets: Sequence[str]) -> None:

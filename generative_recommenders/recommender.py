@@ -52,6 +52,7 @@ from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
 from generative_recommenders.modeling.registry import build_model, model_task
 from generative_recommenders.retrieval import INDEX_KINDS, ItemIndex, exact_top_k, load_or_build_index
+from generative_recommenders.run_data import chosen_weights, run_data_dir
 from generative_recommenders.text.embedding_store import load_dataset_text_embeddings, read_item_texts
 from generative_recommenders.trainer.config import TrainConfig
 from generative_recommenders.trainer.protocol import protocol_views
@@ -157,7 +158,7 @@ class Recommender:
     def from_run(
         cls,
         run_dir: Union[str, Path],
-        weights: str = "best",
+        weights: Optional[str] = None,
         device: Optional[Union[str, torch.device]] = None,
         data_dir: Optional[Union[str, Path]] = None,
         index: str = "exact",
@@ -165,10 +166,10 @@ class Recommender:
     ) -> "Recommender":
         """Loads a finished run: its weights, dataset maps, item texts and (for text models) text embeddings.
 
-        ``data_dir`` defaults to the prepared folder the run was trained on
-        (its ``data_root/dataset_name``, a relative root taken from the current
-        folder as training took it); the data found there must be the
-        same as the run's. ``index`` picks the retrieval: ``exact`` (chunked
+        ``weights`` defaults to the run's choice: ``best`` where validation
+        chose an epoch, else ``last``. ``data_dir`` defaults to the prepared
+        folder the run was trained on (``run_data.py``), from any current
+        folder; the data found there must be the same as the run's. ``index`` picks the retrieval: ``exact`` (chunked
         matrix product) or a faiss index ``flat``, ``hnsw``, ``ivf``, built
         once and saved in the run folder. ``include_cold`` (default: when the
         model has text) ranks and scores cold items too, as the evaluation does.
@@ -184,6 +185,7 @@ class Recommender:
             raise RecommenderError(f"{results_path}: not a run's results file ({type(e).__name__}: {e})") from None
         if not isinstance(results.get("gin_config"), str):
             raise RecommenderError(f"{results_path}: holds no gin_config; the run did not start properly, train it again")
+        weights = chosen_weights(results) if weights is None else weights
         if weights not in WEIGHTS:
             raise RecommenderError(f"weights={weights!r}: choose 'best' or 'last'")
         if index not in INDEX_KINDS:
@@ -199,7 +201,7 @@ class Recommender:
             raise RecommenderError(f"{weights_path} not found: {fix}")
 
         config = _run_config(results, results_path)
-        data_dir = Path(data_dir) if data_dir is not None else Path(config.data_root) / config.dataset_name
+        data_dir = run_data_dir(results, run_dir, config.data_root, config.dataset_name, data_dir)
         data = load_sequence_dataset(data_dir)
         found = {key: value for key, value in data.stats().items() if key != "name"}
         expected = {key: recorded.get(key) for key in found}

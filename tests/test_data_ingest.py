@@ -12,7 +12,7 @@ from typing import Dict, List
 
 import pytest
 
-import preprocess_public_data
+from generative_recommenders import prepare as preprocess_public_data
 from generative_recommenders import atomic_files
 from generative_recommenders.errors import run_command
 from generative_recommenders.data import movielens
