@@ -7,5 +7,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["generative_recommenders*"]), "generative_recommenders.configs"],
     package_dir={"generative_recommenders.configs": "configs"},
-    package_data={"generative_recommenders.configs": ["*/*.gin"]},
+    package_data={"generative_recommenders.configs": ["*/*.gin", "*/*.toml"]},
 )

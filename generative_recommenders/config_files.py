@@ -1,7 +1,8 @@
 """Finds a gin config by its path or by its name, in a checkout or in an installed package.
 
 A name is a config's path under ``configs/`` without ``.gin``:
-``amzn23_game/hstu-sampled-softmax-n512-blair`` or ``greb/hstu-text``.
+``amzn23_game/hstu-sampled-softmax-n512-blair`` or ``greb/hstu-text``; the search
+spaces of ``gr-tune`` ship there too (``ml100k/hstu-search-space.toml``).
 A path that exists is taken as it is; ``configs/<name>.gin`` (the reference's
 commands) is found from any folder. An installed package carries the configs
 as package data (``setup.py`` maps the top-level ``configs/`` folder to
@@ -32,34 +33,36 @@ def config_roots() -> List[Path]:
     return [root for root in candidates if root.is_dir()]
 
 
-def available_configs() -> List[str]:
-    """The names of every shipped config, sorted (the first root's, where two hold one name)."""
+def available_configs(suffix: str = SUFFIX) -> List[str]:
+    """The names of every shipped file of ``suffix`` (configs: without it), sorted."""
     names = set()
     for root in config_roots():
-        names.update(path.relative_to(root).with_suffix("").as_posix() for path in root.rglob(f"*{SUFFIX}"))
+        for path in root.rglob(f"*{suffix}"):
+            name = path.relative_to(root).as_posix()
+            names.add(name[: -len(SUFFIX)] if suffix == SUFFIX else name)
     return sorted(names)
 
 
-def _name(text: str) -> str:
+def _name(text: str, suffix: str) -> str:
     name = text.replace(os.sep, "/")
     name = name[len(PREFIX):] if name.startswith(PREFIX) else name
-    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return name[: -len(suffix)] if name.endswith(suffix) else name
 
 
-def resolve_config(config: Union[str, os.PathLike]) -> Path:
-    """The gin file ``config`` names: an existing path, else a shipped config of that name."""
+def resolve_config(config: Union[str, os.PathLike], suffix: str = SUFFIX, what: str = "gin config") -> Path:
+    """The file ``config`` names: an existing path, else a shipped file of that name (``suffix`` optional)."""
     path = Path(config)
     if path.is_file():
         return path
-    name = _name(str(config))
+    name = _name(str(config), suffix)
     for root in config_roots():
-        candidate = root / f"{name}{SUFFIX}"
+        candidate = root / f"{name}{suffix}"
         if candidate.is_file():
             return candidate
-    names = available_configs()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    names = available_configs(suffix)
+    close = difflib.get_close_matches(name if suffix == SUFFIX else f"{name}{suffix}", names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ConfigNotFoundError(
-        f"gin config {config} not found: not a file, nor the name of a shipped config; {hint}"
-        f"the shipped configs are {', '.join(names) if names else '(none: this installation has no configs)'}"
+        f"{what} {config} not found: not a file, nor the name of a shipped one; {hint}"
+        f"the shipped ones are {', '.join(names) if names else '(none: this installation has none)'}"
     )

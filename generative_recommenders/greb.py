@@ -51,6 +51,7 @@ RANKING_METRICS = (("auc", "AUC", True), ("logloss", "Logloss", False))
 GROUP_METRICS = (("ndcg@10", "NDCG@10"), ("hr@200", "HR@200"))
 NAIVE = "none"
 TIME_COLUMN = "seconds_per_epoch"
+TUNE_SPACE = "greb/search-space.toml"  # a shipped search space (gr-tune)
 EPOCHS_COLUMN = "epochs_trained"  # early stopping decides it: a run's length beside its time per epoch
 
 
@@ -288,6 +289,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="retrieval models train without this seeded share of the items (train_fn.cold_item_share)")
     parser.add_argument("--data_root", type=Path, default=Path("tmp"), help="where datasets are prepared")
     parser.add_argument("--output_dir", type=Path, default=Path("exps/greb"))
+    parser.add_argument("--tune", type=int, metavar="N",
+                        help="first tune each (dataset, encoder, model) with N trials (gr-tune, on validation, "
+                        "first seed); its seeds then train with the best bindings")
+    parser.add_argument("--tune_space", default=TUNE_SPACE, help=f"the search space of --tune (default {TUNE_SPACE})")
     args = parser.parse_args(argv)
     args.encoders = _names(args.encoders, "--encoders")
     args.models = _names(args.models, "--models")
@@ -298,7 +303,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.seeds = [int(seed) for seed in _names(args.seeds, "--seeds")]
     except ValueError:
         raise GrebError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    for option in ("epochs", "ctr_epochs"):
+    for option in ("epochs", "ctr_epochs", "tune"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise GrebError(f"--{option} must be >= 1, got {getattr(args, option)}")
     if not args.dataset and not args.local_dir:
@@ -381,6 +386,19 @@ def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: st
     return bindings + list(args.gin_bindings)
 
 
+def tuned_cell_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: str) -> List[str]:
+    """With ``--tune N``: the best bindings of N trials of the cell (its first seed), and the tuned runs' name."""
+    if args.tune is None:
+        return []
+    from generative_recommenders.tune import tuned_bindings
+
+    best = tuned_bindings(
+        config_file(model, encoder), run_bindings(args, dataset, encoder, model, args.seeds[0]), args.tune_space,
+        args.tune, args.output_dir / "tune" / f"{dataset}-{encoder}-{model}",
+    )
+    return best + [f'train_fn.run_name = "{model}-{encoder}-tuned"']
+
+
 def config_file(model: str, encoder: str) -> str:
     from generative_recommenders.config_files import resolve_config
 
@@ -434,8 +452,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for dataset in datasets:
         for encoder in args.encoders:
             for model in args.models:
+                tuned = tuned_cell_bindings(args, dataset, encoder, model)
                 for seed in args.seeds:
-                    bindings = run_bindings(args, dataset, encoder, model, seed)
+                    bindings = run_bindings(args, dataset, encoder, model, seed) + tuned
                     # resume: a run cut short goes on from its checkpoint; a finished one returns its results.
                     results = train_config_file(config_file(model, encoder), bindings, resume=True)
                     records.append(greb_record(results, dataset, encoder, model, seed))

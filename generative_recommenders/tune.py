@@ -50,11 +50,12 @@ import argparse
 import json
 import math
 import re
+import time
 import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from generative_recommenders.atomic_files import atomic_write_text
 from generative_recommenders.config_files import resolve_config
@@ -67,6 +68,8 @@ logger = get_logger(__name__)
 SAMPLERS = ("tpe", "grid")
 PRUNERS = ("median", "none")
 STUDY_FILE = "study.db"
+SPACE_SUFFIX = ".toml"
+_OPEN_ATTEMPTS = 5
 TRIALS_DIR = "trials"
 DEFAULT_TRIALS = 20
 _BINDING_NAME = re.compile(r"^[A-Za-z_][\w./]*\.[A-Za-z_]\w*$")
@@ -157,13 +160,11 @@ def _parameter(path: Path, name: str, table: Any) -> Parameter:
     return Parameter(name, low, high, log, step)
 
 
-def read_space(path: Path) -> List[Parameter]:
-    """Reads and checks a search space file (TOML, one table per binding)."""
-    path = Path(path)
+def read_space(path: Union[str, Path]) -> List[Parameter]:
+    """Reads and checks a search space file (TOML, one table per binding): a path or a shipped one's name."""
+    path = resolve_config(path, SPACE_SUFFIX, "search space")
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TuneError(f"--space {path}: no such file; write a TOML search space (see gr-tune --help)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise TuneError(f"{path}: not valid TOML ({error}); see gr-tune --help for the format") from None
     if not document:
@@ -240,12 +241,21 @@ def open_study(
         else optuna.pruners.NopPruner()
     )
     try:
-        rdb = RDBStorage(
-            storage,
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=2 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-        )
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                rdb = RDBStorage(
+                    storage,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=2 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                )
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+                # Workers started together race to create the tables ("already exists"); the loser
+                # finds them made on its next try. (A server that is not there fails every try.)
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
         return optuna.create_study(
             storage=rdb, study_name=study_name, direction="maximize", sampler=chosen,
             pruner=chosen_pruner, load_if_exists=True,
@@ -460,7 +470,8 @@ def tuned_bindings(config_file: str, bindings: List[str], space_file: Path, n_tr
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gin_config_file", required=True, help="the config: a path or a shipped config's name")
-    parser.add_argument("--space", required=True, type=Path, help="the search space (TOML, see above)")
+    parser.add_argument("--space", required=True, type=Path,
+                        help="the search space (TOML, see above): a path or a shipped one, e.g. ml100k/hstu-search-space")
     parser.add_argument("--n_trials", type=int,
                         help=f"finished trials the study ends with (default {DEFAULT_TRIALS}; a grid: all its points)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default) or grid")
