@@ -59,10 +59,21 @@ def resolve_config(config: Union[str, os.PathLike], suffix: str = SUFFIX, what: 
         candidate = root / f"{name}{suffix}"
         if candidate.is_file():
             return candidate
+    raise ConfigNotFoundError(f"{what} {config} not found: not a file, nor the name of a shipped one; "
+                              + _what_exists(name, suffix))
+
+
+def _what_exists(name: str, suffix: str) -> str:
+    """The shipped names of ``name``'s folder, or the folders (the whole list would be pages long)."""
     names = available_configs(suffix)
-    close = difflib.get_close_matches(name if suffix == SUFFIX else f"{name}{suffix}", names, n=3, cutoff=0.6)
+    shown = name if suffix == SUFFIX else f"{name}{suffix}"
+    close = difflib.get_close_matches(shown, names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
-    raise ConfigNotFoundError(
-        f"{what} {config} not found: not a file, nor the name of a shipped one; {hint}"
-        f"the shipped ones are {', '.join(names) if names else '(none: this installation has none)'}"
-    )
+    folder = name.rsplit("/", 1)[0] if "/" in name else None
+    in_folder = [n.rsplit("/", 1)[1] for n in names if folder is not None and n.startswith(f"{folder}/")]
+    if in_folder:
+        return f"{hint}{folder}/ holds {', '.join(in_folder)}"
+    folders = sorted({n.rsplit("/", 1)[0] for n in names if "/" in n})
+    if not folders:
+        return "this installation ships none"
+    return f"{hint}name one as FOLDER/NAME; the folders are {', '.join(folders)} (e.g. {names[0]})"

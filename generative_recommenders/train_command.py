@@ -49,6 +49,9 @@ flags.DEFINE_bool("resume", False, "Continue each run from its checkpoint (the g
                   "but for a larger train_fn.num_epochs).")
 flags.DEFINE_bool("overwrite", False, "Replace what each run's folder holds (a finished run is never replaced otherwise).")
 flags.DEFINE_bool("debug", False, "Show the traceback of an error, not only its one-line message.")
+# --help lists the key flags of the program that runs (main.py, gr-train): these, defined here.
+for _flag in flags.FLAGS.get_key_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], _flag)
 
 
 def _seeds(values: Optional[List[str]]) -> List[Optional[int]]:
