@@ -222,29 +222,37 @@ def _group_boundaries(rows: Sequence[Dict[str, Any]]) -> List[str]:
     return ["", f"Groups ({described['rule']}): " + "; ".join(parts) + "."]
 
 
-def plot_greb(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-    """Per dataset, the first metric of every model (NDCG@10 or AUC) per encoder, as grouped bars."""
-    from matplotlib.figure import Figure
+def plot_greb(rows: Sequence[Dict[str, Any]], path: Path) -> List[Path]:
+    """Per dataset, the first metric of every model (NDCG@10, or AUC for CTR models) per text
+    encoder, a column wide (``figures.py``); writes ``path`` (.png) and its .svg and .pdf twins."""
+    from matplotlib import colormaps
 
-    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
-    figure = Figure(figsize=(7, 3 * len(datasets)), layout="constrained")
-    for ax, dataset in zip(np.atleast_1d(figure.subplots(len(datasets), 1)), datasets):
+    from generative_recommenders import figures
+
+    encoders = list(dict.fromkeys(row["encoder"] for row in rows))
+    colours = dict(zip(encoders, colormaps["tab10"].colors))
+    blocks = []
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
-        models = [m for m in RETRIEVAL_MODELS + RANKING_MODELS if any(r["model"] == m for r in subset)]
-        encoders = list(dict.fromkeys(r["encoder"] for r in subset))
-        width = 0.8 / len(encoders)
-        for e, encoder in enumerate(encoders):
-            by_model = {r["model"]: r for r in subset if r["encoder"] == encoder}
-            keys = [_metrics_of(m)[0][0] for m in models]
-            values = [by_model[m][k] if m in by_model else np.nan for m, k in zip(models, keys)]
-            errors = [by_model[m][f"{k}_std"] if m in by_model else 0 for m, k in zip(models, keys)]
-            ax.bar(np.arange(len(models)) + e * width, values, width, yerr=errors, label=encoder)
-        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
-        ax.set_xticklabels([f"{MODEL_TITLES[m]}\n{_metrics_of(m)[0][1]}" for m in models])
-        ax.set_title(dataset)
-        ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
+        panels = []
+        for family in (RETRIEVAL_MODELS, RANKING_MODELS):
+            models = [m for m in family if any(r["model"] == m for r in subset)]
+            if not models:
+                continue
+            key, title, _ = _metrics_of(models[0])[0]
+            series = []
+            for encoder in encoders:
+                by_model = {r["model"]: r for r in subset if r["encoder"] == encoder}
+                series.append(figures.Series(
+                    encoder, [by_model[m][key] if m in by_model else None for m in models],
+                    [by_model[m].get(f"{key}_std") if m in by_model else None for m in models],
+                    [colours[encoder]] * len(models),
+                ))
+            panels.append(figures.Panel(title, f"test {title}", [MODEL_TITLES[m] for m in models], series))
+        metrics = " and ".join(p.title for p in panels)
+        blocks.append((f"GRE-B on {dataset}: test {metrics} by text encoder ({', '.join(encoders)})", panels))
+    figure = figures.bar_figure(blocks, names_left_only=False, legend=list(colours.items()))
+    return figures.save_figures(figure, path.with_suffix(""))
 
 
 def write_greb_tables(records: Iterable[Dict[str, Any]], output_dir: os.PathLike) -> Tuple[Path, Path, Path]:

@@ -379,7 +379,7 @@ def _write_plots(study, output_dir: Path) -> List[Path]:
     import optuna.visualization.matplotlib as plots
     from optuna.trial import TrialState
 
-    from generative_recommenders.figures import save_figure
+    from generative_recommenders.figures import save_figures
 
     written = []
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -393,7 +393,7 @@ def _write_plots(study, output_dir: Path) -> List[Path]:
             axes = plot(study)
             figure = axes.figure
             figure.set_size_inches(6, 3.2)
-            written += save_figure(figure, output_dir / f"{name}.png")
+            written += save_figures(figure, output_dir / name)
         plt.close(figure)
     return written
 

@@ -274,6 +274,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, capsys):
 # ------------------------------------------------------------------ a whole search
 
 
+@pytest.mark.slow
 def test_a_search_trains_its_trials_tests_the_best_once_and_writes_a_ready_config(tmp_path):
     cyclic_dataset(tmp_path / "data")
     config = tiny_config(tmp_path, "HSTU")
