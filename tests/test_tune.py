@@ -34,8 +34,8 @@ def _space(tmp_path: Path, text: str) -> Path:
 def test_the_space_file_gives_typed_parameters_and_their_grid(tmp_path):
     space = tune.read_space(_space(tmp_path, """
         ["train_fn.learning_rate"]
-        low = 1e-4
-        high = 1e-2
+        low = 1e-5
+        high = 1e-1
         log = true
 
         ["train_fn.dropout_rate"]
@@ -52,7 +52,7 @@ def test_the_space_file_gives_typed_parameters_and_their_grid(tmp_path):
         choices = ["minilm", "blair"]
     """))
     lr, dropout, negatives, encoder = space
-    assert (lr.name, lr.low, lr.high, lr.log, lr.is_int) == ("train_fn.learning_rate", 1e-4, 1e-2, True, False)
+    assert (lr.name, lr.low, lr.high, lr.log, lr.is_int) == ("train_fn.learning_rate", 1e-5, 1e-1, True, False)
     assert dropout.grid() == [0.0, 0.25, 0.5]
     assert negatives.is_int and negatives.grid() == [8, 16, 24, 32]
     assert encoder.grid() == ["minilm", "blair"]
@@ -61,7 +61,7 @@ def test_the_space_file_gives_typed_parameters_and_their_grid(tmp_path):
     study = optuna.create_study()
     trial = study.ask()
     values = {p.name: p.suggest(trial) for p in space}
-    assert 1e-4 <= values["train_fn.learning_rate"] <= 1e-2
+    assert 1e-5 <= values["train_fn.learning_rate"] <= 1e-1
     assert values["train_fn.dropout_rate"] in (0.0, 0.25, 0.5)
     assert values["train_fn.num_negatives"] in (8, 16, 24, 32) and isinstance(values["train_fn.num_negatives"], int)
     assert tune.gin_value("minilm") == '"minilm"' and tune.gin_value(0.25) == "0.25"
