@@ -359,7 +359,7 @@ def _best_gin(settings: TuneSettings, trial: Any) -> str:
         Path(settings.config_file).read_text(encoding="utf-8").rstrip(),
         "",
         "# The search's bindings",
-        *[b for b in settings.bindings if not b.startswith("train_fn.output_root")],
+        *[b for b in settings.bindings if not b.startswith(("train_fn.output_root", "train_fn.run_name"))],
         "# Tuned",
         *tuned,
         "",

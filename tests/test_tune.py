@@ -311,3 +311,26 @@ def test_a_search_trains_its_trials_tests_the_best_once_and_writes_a_ready_confi
         run_command("gr-tune", tune.main, argv)
     assert exit_info.value.code == 0
     assert json.loads((out_dir / "best.json").read_text()) == best
+
+
+def test_greb_tune_searches_each_cell_on_its_first_seed_and_trains_its_seeds_with_the_best(tmp_path, monkeypatch):
+    from generative_recommenders import greb
+
+    searched = []
+
+    def fake_tune(settings, n_trials, test_best=True, **_):
+        searched.append((settings, n_trials, test_best))
+        return {"params": {"train_fn.learning_rate": 0.003, "train_fn.dropout_rate": 0.1}}
+
+    monkeypatch.setattr(tune, "tune", fake_tune)
+    args = greb.parse_args(["--dataset", "ml100k", "--models", "hstu", "--seeds", "4,5", "--tune", "7",
+                            "--output_dir", str(tmp_path)])
+    bindings = greb.tuned_cell_bindings(args, "ml100k", "minilm", "hstu")
+    assert bindings == ["train_fn.learning_rate = 0.003", "train_fn.dropout_rate = 0.1",
+                        'train_fn.run_name = "hstu-minilm-tuned"']
+    ((settings, n_trials, test_best),) = searched
+    assert (n_trials, test_best) == (7, False)  # the seeds' runs read the test, not the search
+    assert settings.config_file.endswith("greb/hstu-text.gin") and "train_fn.random_seed = 4" in settings.bindings
+    assert settings.output_dir == tmp_path / "tune" / "ml100k-minilm-hstu"
+    assert [p.name for p in settings.space] == ["train_fn.learning_rate", "train_fn.dropout_rate", "train_fn.weight_decay"]
+    assert greb.tuned_cell_bindings(greb.parse_args(["--dataset", "ml100k"]), "ml100k", "none", "hstu") == []
