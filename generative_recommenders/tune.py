@@ -337,12 +337,13 @@ def make_objective(settings: TuneSettings):
     def objective(trial: Any) -> float:
         params = {p.name: p.suggest(trial) for p in settings.space}
         observer = _TrialObserver(trial, settings.metric)
+        run_name = _run_name(trial)
+        trial.set_user_attr("run_name", run_name)  # pruned and failed trials too
         try:
             with observing(observer):
-                results = _train(settings, settings.trial_bindings(params, _run_name(trial)))
+                results = _train(settings, settings.trial_bindings(params, run_name))
         except DeferredTest:  # the run's training is over and saved
             results = json.loads((observer.run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
-        trial.set_user_attr("run_dir", str(results["run_dir"]))
         return best_validation(results, settings.metric)
 
     return objective
@@ -414,14 +415,14 @@ def finish(study, settings: TuneSettings, test_best: bool = True) -> Optional[Di
     atomic_write_text(output_dir / "best.gin", _best_gin(settings, best))
     record: Dict[str, Any] = {
         "trial": best.number, "params": best.params, "metric": settings.metric, "validation": best.value,
-        "run_dir": best.user_attrs.get("run_dir"), "test": None,
+        "run_name": best.user_attrs.get("run_name"), "test": None,
     }
     unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     if test_best and unfinished:
         logger.info("%d trials still run elsewhere: the worker that ends last tests the best", len(unfinished))
     elif test_best:
         results = _train(settings, settings.trial_bindings(best.params, _run_name(best)))
-        record["test"] = results["best"]["test"]
+        record["test"], record["run_dir"] = results["best"]["test"], results["run_dir"]
         logger.info("best trial %d: validation %s %.4f; test %s", best.number, settings.metric, best.value,
                     ", ".join(f"{k} {v:.4f}" for k, v in record["test"].items()))
     atomic_write_text(output_dir / "best.json", json.dumps(record, indent=2))
