@@ -266,6 +266,16 @@ def open_study(
                         "such as sqlite:///study.db or postgresql://user:password@host/database") from None
 
 
+def _fail_stale_trials(study) -> None:
+    """Marks failed (and so queues for a retry) the trials of workers whose heartbeat stopped,
+    before this worker counts what is left; Optuna does it too before each trial it starts."""
+    from optuna.storages import fail_stale_trials
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fail_stale_trials(study)
+
+
 def finished_trials(study) -> int:
     """Trials that count towards ``--n_trials``: completed or pruned (failed ones are retried)."""
     from optuna.trial import TrialState
@@ -417,7 +427,7 @@ def finish(study, settings: TuneSettings, test_best: bool = True) -> Optional[Di
         "trial": best.number, "params": best.params, "metric": settings.metric, "validation": best.value,
         "run_name": best.user_attrs.get("run_name"), "test": None,
     }
-    unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if test_best and unfinished:
         logger.info("%d trials still run elsewhere: the worker that ends last tests the best", len(unfinished))
     elif test_best:
@@ -451,6 +461,7 @@ def tune(
     study_name = study_name or settings.output_dir.name
     study = open_study(storage, study_name, sampler, settings.space, pruner, heartbeat_seconds, max_retry, seed)
     study.set_user_attr("metric", settings.metric)
+    _fail_stale_trials(study)
     if n_trials is None:
         n_trials = math.prod(len(p.grid()) for p in settings.space) if sampler == "grid" else DEFAULT_TRIALS
     logger.info("study %s in %s: %d of %d trials finished", study_name, storage, finished_trials(study), n_trials)
