@@ -310,3 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def console_main() -> None:
     """The ``gr-prepare`` command."""
     run_command(PROGRAM, main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -147,3 +147,7 @@ def main(argv: List[str], program: str = "main.py") -> None:
 def console_main() -> None:
     """The ``gr-train`` command."""
     app.run(functools.partial(main, program="gr-train"))
+
+
+if __name__ == "__main__":
+    console_main()
