@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 
 # The package itself is installed editable (its pinned requirements are already in place),
 # so `import generative_recommenders` works from any folder with this venv's python.
-$(VENV)/.runtime: requirements.txt pyproject.toml
+$(VENV)/.runtime: requirements.txt pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .

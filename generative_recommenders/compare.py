@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -42,7 +43,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from generative_recommenders.atomic_files import atomic_path, atomic_write_text
+from generative_recommenders import figures
+from generative_recommenders.atomic_files import atomic_write_text
 from generative_recommenders.data.identity import check_runs_share_data
 from generative_recommenders.errors import UserError, run_command
 from generative_recommenders.logs import configure_logging, get_logger
@@ -424,7 +426,7 @@ def to_frame(tables: Sequence[Table]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-FIGURE_FORMATS = (".png", ".svg")
+FIGURE_FORMATS = figures.FORMATS
 _METRIC_NAMES = {"hr": "HR", "ndcg": "NDCG", "mrr": "MRR"}
 
 
@@ -456,36 +458,29 @@ def _spread_note(table: Table, what: str) -> str:
 
 
 def plot_metrics(tables: Sequence[Table], path: Path) -> None:
-    """Bars of each variant's reported metrics: a row of panels per table, one panel per metric.
-
-    Each panel has its own y scale, so that NDCG@10 and MRR read as well as
-    HR@200; error bars are the seeds' sample std, absent for one seed.
-    """
+    """Each variant's reported metrics, a column wide (``figures.py``): a block per table, a panel
+    per metric on its own scale, the variants named on the axis with their values; error bars
+    are the seeds' sample std, absent for one seed."""
     colours = variant_colours(tables)
-    figure = Figure(figsize=(2.2 * len(COLUMNS) + 2.4, 3.2 * len(tables)), layout="constrained")
-    for table, panel in zip(tables, figure.subfigures(len(tables), 1, squeeze=False)[:, 0]):
-        for ax, metric in zip(panel.subplots(1, len(COLUMNS)), COLUMNS):
-            for i, row in enumerate(table.rows):
-                spread = None if len(row.runs) == 1 else row.std[metric]
-                ax.bar(i, row.mean[metric], 0.8, yerr=spread, capsize=3, color=colours[row.label],
-                       label=_legend_label(row))
-            ax.set_title(metric_label(metric), fontsize=10)
-            ax.set_xticks([])
-            ax.set_ylabel(f"test {metric_label(metric)}", fontsize=8)
-            ax.tick_params(axis="y", labelsize=8)
-            ax.margins(y=0.1)
-        panel.suptitle(
-            f"{table.dataset['name']}, {table.protocol} protocol ({_spread_note(table, 'error bars')})",
-            fontsize=10, weight="bold",
-        )
-        panel.legend(*ax.get_legend_handles_labels(), loc="outside right center", fontsize=8, frameon=False)
-    _save_figure(figure, path)
+    blocks = []
+    for table in tables:
+        names = [_legend_label(row) for row in table.rows]
+        panels = [
+            figures.Panel(metric_label(metric), f"test {metric_label(metric)}", names, [figures.Series(
+                "test", [row.mean[metric] for row in table.rows],
+                [None if len(row.runs) == 1 else row.std[metric] for row in table.rows],
+                [colours[row.label] for row in table.rows],
+            )])
+            for metric in COLUMNS
+        ]
+        blocks.append((f"{table.dataset['name']}, {table.protocol} protocol ({_spread_note(table, 'error bars')})", panels))
+    _save_figure(figures.bar_figure(blocks), path)
 
 
 def plot_curves(tables: Sequence[Table], path: Path, metric: str = CURVE_METRIC) -> None:
     """The metric over epochs on the split evaluated during training (mean, ± std band over seeds)."""
     colours = variant_colours(tables)
-    figure = Figure(figsize=(8, 3.6 * len(tables)), layout="constrained")
+    figure = Figure(figsize=(figures.COLUMN_WIDTH_INCHES, 2.4 * len(tables)), layout="constrained")
     for ax, table in zip(figure.subplots(len(tables), 1, squeeze=False)[:, 0], tables):
         for row in table.rows:
             points = pd.DataFrame(
@@ -499,22 +494,23 @@ def plot_curves(tables: Sequence[Table], path: Path, metric: str = CURVE_METRIC)
                 ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                                 color=colour, alpha=0.2, linewidth=0)
         split = "validation" if table.protocol == "validated" else "test (reference protocol: no validation split)"
-        ax.set_title(f"{table.dataset['name']}: {split} {metric_label(metric)} ({_spread_note(table, 'bands')})",
-                     fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{'validation' if table.protocol == 'validated' else 'test'} {metric_label(metric)}")
+        title = f"{table.dataset['name']}: {split} {metric_label(metric)} ({_spread_note(table, 'bands')})"
+        ax.set_title("\n".join(textwrap.wrap(title, figures.TITLE_WIDTH)), fontsize=figures.FONT_SIZE)
+        ax.set_xlabel("epoch", fontsize=figures.FONT_SIZE)
+        ax.set_ylabel(f"{'validation' if table.protocol == 'validated' else 'test'} {metric_label(metric)}",
+                      fontsize=figures.FONT_SIZE)
+        ax.tick_params(labelsize=figures.SMALL_FONT_SIZE)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=figures.SMALL_FONT_SIZE, frameon=False)
     _save_figure(figure, path)
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=150, format=path.suffix[1:])
+    figures.save_figure(figure, path)
 
 
 def write_outputs(tables: Sequence[Table], output_dir: Path) -> List[Path]:
-    """Writes the tables (.md, .csv) and the figures (each as .png and .svg); returns the paths."""
+    """Writes the tables (.md, .csv) and the figures (each as .png, .svg and .pdf); returns the paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = [output_dir / "comparison.md", output_dir / "comparison.csv"]
     atomic_write_text(paths[0], format_markdown(tables))

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from generative_recommenders import compare
+from generative_recommenders.config_files import resolve_config
 from generative_recommenders.recommend import format_table
 from generative_recommenders.recommender import Recommender
 from generative_recommenders.trainer.train import train_config_file
 
-CONFIGS = (
-    "configs/ml100k/sasrec-sampled-softmax-n128-final.gin",
-    "configs/ml100k/hstu-sampled-softmax-n128-final.gin",
-    "configs/ml100k/hstu-sampled-softmax-n128-minilm.gin",
+CONFIGS = (  # shipped configs, by name (config_files.py)
+    "ml100k/sasrec-sampled-softmax-n128-final",
+    "ml100k/hstu-sampled-softmax-n128-final",
+    "ml100k/hstu-sampled-softmax-n128-minilm",
 )
 
 
@@ -45,7 +46,7 @@ def run(
                 f'train_fn.data_root = "{data_root}"',
                 f'train_fn.output_root = "{output_root}"',
             ]
-            run_dirs.append(Path(train_config_file(config, bindings)["run_dir"]))
+            run_dirs.append(Path(train_config_file(str(resolve_config(config)), bindings)["run_dir"]))
     return run_dirs
 
 

@@ -4,7 +4,7 @@
         --encoders none,minilm,hf:PATH --models sasrec,dssm,hstu,din,deepfm --seeds 1,2,3 \\
         [--epochs N] [--ctr_epochs N] [--cold_item_share 0.1] [--gin_bindings B ...] [--output_dir exps/greb]
 
-Run from the repository root. It prepares what is missing (datasets under
+It prepares what is missing (datasets under
 ``--data_root``, text embeddings per encoder through the embedding cache),
 checks every encoder and setting before anything trains, trains every
 (dataset, encoder, model, seed) with ``configs/greb/<model>[-text].gin``
@@ -53,9 +53,8 @@ RANKING_METRICS = (("auc", "AUC", True), ("logloss", "Logloss", False))
 GROUP_METRICS = (("ndcg@10", "NDCG@10"), ("hr@200", "HR@200"))
 NAIVE = "none"
 TIME_COLUMN = "seconds_per_epoch"
+TUNE_SPACE = "greb/search-space.toml"  # a shipped search space (gr-tune)
 EPOCHS_COLUMN = "epochs_trained"  # early stopping decides it: a run's length beside its time per epoch
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs" / "greb"
 
 
 TASK_METRICS = {"retrieval": RETRIEVAL_METRICS, "ctr": RANKING_METRICS}
@@ -251,29 +250,38 @@ def _group_boundaries(rows: Sequence[Dict[str, Any]]) -> List[str]:
     return ["", f"Groups ({described['rule']}): " + "; ".join(parts) + "."]
 
 
-def plot_greb(rows: Sequence[Dict[str, Any]], path: Path) -> None:
-    """Per dataset, the first metric of every model (NDCG@10 or AUC) per encoder, as grouped bars."""
-    from matplotlib.figure import Figure
+def plot_greb(rows: Sequence[Dict[str, Any]], path: Path) -> List[Path]:
+    """Per dataset, the first metric of every model (NDCG@10, or AUC for CTR models) per text
+    encoder, a column wide (``figures.py``); writes ``path`` (.png) and its .svg and .pdf twins."""
+    from matplotlib import colormaps
 
-    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
-    figure = Figure(figsize=(7, 3 * len(datasets)), layout="constrained")
-    for ax, dataset in zip(np.atleast_1d(figure.subplots(len(datasets), 1)), datasets):
+    from generative_recommenders import figures
+
+    encoders = list(dict.fromkeys(row["encoder"] for row in rows))
+    colours = dict(zip(encoders, colormaps["tab10"].colors))
+    blocks = []
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
         models = _models(subset)
-        encoders = list(dict.fromkeys(r["encoder"] for r in subset))
-        width = 0.8 / len(encoders)
-        for e, encoder in enumerate(encoders):
-            by_model = {r["model"]: r for r in subset if r["encoder"] == encoder}
-            keys = [TASK_METRICS[row["task"]][0][0] for row in models.values()]
-            values = [by_model[m][k] if m in by_model else np.nan for m, k in zip(models, keys)]
-            errors = [by_model[m][f"{k}_std"] if m in by_model else 0 for m, k in zip(models, keys)]
-            ax.bar(np.arange(len(models)) + e * width, values, width, yerr=errors, label=encoder)
-        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2)
-        ax.set_xticklabels([f"{row['title']}\n{TASK_METRICS[row['task']][0][1]}" for row in models.values()])
-        ax.set_title(dataset)
-        ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
+        panels = []
+        for task in TASK_METRICS:
+            family = [m for m, row in models.items() if row["task"] == task]
+            if not family:
+                continue
+            key, title, _ = TASK_METRICS[task][0]
+            series = []
+            for encoder in encoders:
+                by_model = {r["model"]: r for r in subset if r["encoder"] == encoder}
+                series.append(figures.Series(
+                    encoder, [by_model[m][key] if m in by_model else None for m in family],
+                    [by_model[m].get(f"{key}_std") if m in by_model else None for m in family],
+                    [colours[encoder]] * len(family),
+                ))
+            panels.append(figures.Panel(title, f"test {title}", [models[m]["title"] for m in family], series))
+        metrics = " and ".join(p.title for p in panels)
+        blocks.append((f"GRE-B on {dataset}: test {metrics} by text encoder ({', '.join(encoders)})", panels))
+    figure = figures.bar_figure(blocks, names_left_only=False, legend=list(colours.items()))
+    return figures.save_figures(figure, path.with_suffix(""))
 
 
 def write_greb_tables(records: Iterable[Dict[str, Any]], output_dir: os.PathLike) -> Tuple[Path, Path, Path]:
@@ -318,6 +326,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="retrieval models train without this seeded share of the items (train_fn.cold_item_share)")
     parser.add_argument("--data_root", type=Path, default=Path("tmp"), help="where datasets are prepared")
     parser.add_argument("--output_dir", type=Path, default=Path("exps/greb"))
+    parser.add_argument("--tune", type=int, metavar="N",
+                        help="first tune each (dataset, encoder, model) with N trials (gr-tune, on validation, "
+                        "first seed); its seeds then train with the best bindings")
+    parser.add_argument("--tune_space", default=TUNE_SPACE, help=f"the search space of --tune (default {TUNE_SPACE})")
     args = parser.parse_args(argv)
     args.encoders = _names(args.encoders, "--encoders")
     known = greb_models()
@@ -330,7 +342,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.seeds = [int(seed) for seed in _names(args.seeds, "--seeds")]
     except ValueError:
         raise GrebError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    for option in ("epochs", "ctr_epochs"):
+    for option in ("epochs", "ctr_epochs", "tune"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise GrebError(f"--{option} must be >= 1, got {getattr(args, option)}")
     if not args.dataset and not args.local_dir:
@@ -340,7 +352,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def prepare_datasets(args: argparse.Namespace) -> List[str]:
     """Prepares what is missing under ``--data_root``; returns the dataset names."""
-    import preprocess_public_data as prep  # the repository's preparation script (run from its root)
+    from generative_recommenders import prepare as prep
 
     from generative_recommenders.data.local import load_local_dataset
 
@@ -422,8 +434,23 @@ def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: st
     return bindings + list(args.gin_bindings)
 
 
+def tuned_cell_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: str) -> List[str]:
+    """With ``--tune N``: the best bindings of N trials of the cell (its first seed), and the tuned runs' name."""
+    if args.tune is None:
+        return []
+    from generative_recommenders.tune import tuned_bindings
+
+    best = tuned_bindings(
+        config_file(model, encoder), run_bindings(args, dataset, encoder, model, args.seeds[0]), args.tune_space,
+        args.tune, args.output_dir / "tune" / f"{dataset}-{encoder}-{model}",
+    )
+    return best + [f'train_fn.run_name = "{model}-{encoder}-tuned"']
+
+
 def config_file(model: str, encoder: str) -> str:
-    return str(CONFIG_DIR / f"{model}{'' if encoder == NAIVE else '-text'}.gin")
+    from generative_recommenders.config_files import resolve_config
+
+    return str(resolve_config(f"greb/{model}{'' if encoder == NAIVE else '-text'}"))
 
 
 def check_runs(args: argparse.Namespace, datasets: Sequence[str]) -> None:
@@ -474,8 +501,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for dataset in datasets:
         for encoder in args.encoders:
             for model in args.models:
+                tuned = tuned_cell_bindings(args, dataset, encoder, model)
                 for seed in args.seeds:
-                    bindings = run_bindings(args, dataset, encoder, model, seed)
+                    bindings = run_bindings(args, dataset, encoder, model, seed) + tuned
                     # resume: a run cut short goes on from its checkpoint; a finished one returns its results.
                     results = train_config_file(config_file(model, encoder), bindings, resume=True)
                     records.append(greb_record(results, dataset, encoder, model, seed))

@@ -140,7 +140,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--include_history", action="store_true", help="keep items the user has already seen")
     parser.add_argument("--include_cold", action="store_true",
                         help="also rank items never trained on (default: only for models with text)")
-    parser.add_argument("--weights", choices=("best", "last"), default="best")
+    parser.add_argument("--weights", choices=("best", "last"),
+                        help="default: the run's choice, best where validation chose an epoch, else last")
     parser.add_argument("--index", choices=INDEX_KINDS, default="exact",
                         help="exact (default) or a faiss index: flat, hnsw, ivf (saved in the run folder)")
     parser.add_argument("--export_embeddings", type=Path, metavar="DIR", help="write item and user embeddings here")
@@ -163,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         args.run_dir, args.weights, args.device, args.data_dir, args.index, True if args.include_cold else None
     )
     exclude_history = not args.include_history
-    source = f"{args.run_dir} ({args.weights} weights, {args.index} retrieval)"
+    source = f"{args.run_dir} ({rec.weights} weights, {args.index} retrieval)"
     for user in args.user_id:
         table = rec.recommend([user], k=args.k, exclude_history=exclude_history)
         print(f"\nuser {user}: top {args.k} from {source}\n{format_table(table)}")

@@ -54,6 +54,7 @@ from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
 from generative_recommenders.modeling.registry import RetrievalModel
 from generative_recommenders.retrieval import INDEX_KINDS, ItemIndex, exact_top_k, load_or_build_index
+from generative_recommenders.run_data import chosen_weights, run_data_dir
 from generative_recommenders.text.embedding_store import read_item_texts
 from generative_recommenders.trainer.assembly import Assembly, assemble
 from generative_recommenders.trainer.config import TrainConfig
@@ -316,7 +317,7 @@ class Recommender:
     def from_run(
         cls,
         run_dir: Union[str, Path],
-        weights: str = "best",
+        weights: Optional[str] = None,
         device: Optional[Union[str, torch.device]] = None,
         data_dir: Optional[Union[str, Path]] = None,
         index: str = "exact",
@@ -324,17 +325,18 @@ class Recommender:
     ) -> "Recommender":
         """Loads a finished run: its weights, dataset maps, item texts and (for text models) text embeddings.
 
-        ``data_dir`` defaults to the prepared folder the run was trained on
-        (its ``data_root/dataset_name``, a relative root taken from the current
-        folder as training took it); the data found there must be the
-        same as the run's. ``index`` picks the retrieval: ``exact`` (chunked
+        ``weights`` defaults to the run's choice: ``best`` where validation
+        chose an epoch, else ``last``. ``data_dir`` defaults to the prepared
+        folder the run was trained on (``run_data.py``), from any current
+        folder; the data found there must be the same as the run's. ``index`` picks the retrieval: ``exact`` (chunked
         matrix product) or a faiss index ``flat``, ``hnsw``, ``ivf``, built
         once and saved in the run folder. ``include_cold`` (default: when the
         model has text) ranks and scores cold items too, as the evaluation does.
         """
         run_dir = Path(run_dir)
-        results, weights_path = _read_run(run_dir, weights, index)
+        results, weights, weights_path = _read_run(run_dir, weights, index)
         config = _run_config(results, run_dir / RESULTS_FILE)
+        data_dir = run_data_dir(results, run_dir, config.data_root, config.dataset_name, data_dir)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with _bound_gin_config(results):
             assembly = assemble(config, data_dir, device)
@@ -532,8 +534,8 @@ class Recommender:
         return Embeddings(np.array(ids), queries.cpu().numpy())
 
 
-def _read_run(run_dir: Path, weights: str, index: str) -> Tuple[Dict[str, Any], Path]:
-    """The run's results record and the path of its ``weights``, checked."""
+def _read_run(run_dir: Path, weights: Optional[str], index: str) -> Tuple[Dict[str, Any], str, Path]:
+    """The run's results record, its weights (default: the run's chosen ones) and their path, checked."""
     results_path = run_dir / RESULTS_FILE
     if not results_path.is_file():
         raise RecommenderError(f"{results_path} not found: the run folder must be a training run's (exps/<dataset>/<run>)")
@@ -544,6 +546,7 @@ def _read_run(run_dir: Path, weights: str, index: str) -> Tuple[Dict[str, Any], 
         raise RecommenderError(f"{results_path}: not a run's results file ({type(e).__name__}: {e})") from None
     if not isinstance(results.get("gin_config"), str):
         raise RecommenderError(f"{results_path}: holds no gin_config; the run did not start properly, train it again")
+    weights = chosen_weights(results) if weights is None else weights
     if weights not in WEIGHTS:
         raise RecommenderError(f"weights={weights!r}: choose 'best' or 'last'")
     if index not in INDEX_KINDS:
@@ -553,4 +556,4 @@ def _read_run(run_dir: Path, weights: str, index: str) -> Tuple[Dict[str, Any], 
         other = next((w for w, f in WEIGHTS.items() if w != weights and (run_dir / f).is_file()), None)
         fix = f"use weights='{other}' (--weights {other})" if other else "let the training run finish (it writes the weights at its end)"
         raise RecommenderError(f"{weights_path} not found: {fix}")
-    return results, weights_path
+    return results, weights, weights_path

@@ -191,6 +191,7 @@ def test_command_line_takes_globs_and_writes_markdown_csv_and_figures(office, ca
         content = (written / f"{figure}.png").read_bytes()
         assert content.startswith(b"\x89PNG\r\n\x1a\n") and len(content) > 5000
         assert b"<svg" in (written / f"{figure}.svg").read_bytes()[:1000]
+        assert (written / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
     assert not list(written.glob(".*.tmp"))
 
 
@@ -223,30 +224,37 @@ def test_metric_figure_has_a_panel_per_metric_one_colour_per_model_and_honest_er
     _write_run(office, "sasrec", 1, 0.15, dataset="movies", protocol="reference", module="SASRec")
     tables = build_tables(load_runs([office]))
     figure = _captured_figure(monkeypatch, compare.plot_metrics, tables, tmp_path)
-    panels = [ax for panel in figure.subfigs for ax in panel.axes]
+    blocks = [[ax for row in block.subfigs for ax in row.axes if ax.get_visible()] for block in figure.subfigs]
+    panels = [ax for block in blocks for ax in block]
     assert len(panels) == 2 * len(compare.COLUMNS)
     assert [ax.get_title() for ax in panels[:6]] == ["HR@10", "HR@50", "HR@200", "NDCG@10", "NDCG@200", "MRR"]
-    assert panels[3].get_ylabel() == "test NDCG@10"
+    assert panels[3].get_xlabel() == "test NDCG@10"
     colours = {}
-    for table, panel in zip(tables, figure.subfigs):
-        for ax, metric in zip(panel.axes, compare.COLUMNS):
-            bars = [c for c in ax.containers if isinstance(c, BarContainer)]
-            assert len(bars) == len(table.rows)
-            for row, bar in zip(table.rows, bars):
-                assert bar.patches[0].get_height() == pytest.approx(row.mean[metric])
-                colours.setdefault(row.label, bar.patches[0].get_facecolor())
-                assert bar.patches[0].get_facecolor() == colours[row.label]  # one colour everywhere
-                # Error bars: the sample std over the seeds, none for a single seed.
-                if len(row.runs) == 1:
-                    assert bar.errorbar is None
-                else:
-                    (segment,) = bar.errorbar.lines[2][0].get_segments()
-                    assert segment[1][1] - segment[0][1] == pytest.approx(2 * row.std[metric])
+    for table, block in zip(tables, blocks):
+        names = [f"{row.label} ({len(row.runs)} seed{'s' if len(row.runs) > 1 else ''})" for row in table.rows]
+        for column, (ax, metric) in enumerate(zip(block, compare.COLUMNS)):
+            # The variants named on the axis (first on top) in the left column, each bar's value beside it.
+            shown = [label.get_text() for label in ax.get_yticklabels()]
+            assert shown == (list(reversed(names)) if column % 2 == 0 else [""] * len(names))
+            assert [t.get_text().strip() for t in ax.texts] == [f"{row.mean[metric]:.3f}" for row in table.rows]
+            (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+            assert len(bars.patches) == len(table.rows)
+            for row, bar in zip(table.rows, bars.patches):
+                assert bar.get_width() == pytest.approx(row.mean[metric])
+                colours.setdefault(row.label, bar.get_facecolor())
+                assert bar.get_facecolor() == colours[row.label]  # one colour everywhere
+            # Error bars: the sample std over the seeds, none for a single seed.
+            if all(len(row.runs) == 1 for row in table.rows):
+                assert bars.errorbar is None
+            else:
+                segments = bars.errorbar.lines[2][0].get_segments()
+                for row, segment in zip(table.rows, segments):
+                    assert segment[1][0] - segment[0][0] == pytest.approx(2 * row.std[metric])
             # Each panel on its own scale: the small metrics fill theirs.
-            assert ax.get_ylim()[1] < 1.3 * max(row.mean[metric] + (row.std[metric] if len(row.runs) > 1 else 0)
+            assert ax.get_xlim()[1] < 1.3 * max(row.mean[metric] + (row.std[metric] if len(row.runs) > 1 else 0)
                                                 for row in table.rows)
     assert len(set(colours.values())) == 3
-    titles = [panel._suptitle.get_text() for panel in figure.subfigs]
+    titles = [block._suptitle.get_text().replace("\n", " ") for block in figure.subfigs]
     assert titles == ["movies, reference protocol (one seed each: no error bars)",
                       "office, validated protocol (error bars: ± sample std over 2 seeds)"]
 

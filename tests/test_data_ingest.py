@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import pytest
 
-import preprocess_public_data
+from generative_recommenders import prepare as preprocess_public_data
 from generative_recommenders import atomic_files
 from generative_recommenders.errors import run_command
 from generative_recommenders.data import movielens
@@ -531,7 +531,7 @@ def test_the_manifest_records_the_command_that_prepared_the_folder(toy_dir: Path
     manifest = json.loads((out_root / "toy" / "manifest.json").read_text())
     assert manifest["prepare_command"] == (
         f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy "
-        f"--text_fields title,brand --output_root {out_root}"
+        f"--text_fields title,brand --data_root {out_root}"
     )
     assert sorted(manifest["files"]) == ["data_maps.json", "item_metadata.jsonl", "item_texts.json", "sasrec_format.csv"]
 

@@ -238,8 +238,8 @@ def test_load_missing_file_says_how_to_compute_it(tmp_path: Path) -> None:
         load(tmp_path / "toy")
     assert str(error.value).endswith(
         f"compute the item text embeddings with python3 preprocess_public_data.py --dataset toy "
-        f"--output_root {tmp_path} --text_embedding_model fake, or for your own data --local_dir DIR "
-        f"--dataset_name toy --output_root {tmp_path} --text_embedding_model fake"
+        f"--data_root {tmp_path} --text_embedding_model fake, or for your own data --local_dir DIR "
+        f"--dataset_name toy --data_root {tmp_path} --text_embedding_model fake"
     )
     # A prepared local dataset: the command that prepared it, which argparse accepts.
     command = "python3 preprocess_public_data.py --local_dir data/shop --dataset_name shop"

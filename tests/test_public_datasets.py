@@ -32,7 +32,7 @@ from typing import Dict, Iterator, List, Sequence
 import pytest
 import torch
 
-import preprocess_public_data
+from generative_recommenders import prepare as preprocess_public_data
 from generative_recommenders.data import amazon2023, steam
 from generative_recommenders.data.download import DownloadError, RawFile, download, fetch_raw_files
 from generative_recommenders.errors import run_command

@@ -359,3 +359,16 @@ def test_a_ctr_run_has_no_embeddings_and_no_faiss_index(runs):
         rec.item_embeddings()
     with pytest.raises(RecommenderError, match="no faiss index serves"):
         Recommender.from_run(runs["din"], device="cpu", index="flat")
+
+
+def test_the_default_weights_are_the_runs_choice_and_the_data_is_found_from_another_folder(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run's data root was given relative to nothing here
+    assert Recommender.from_run(runs["ids"], device="cpu").weights == "best"
+    # A run without validation (the reference protocol) has last weights alone: those are its choice.
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    results = json.loads((runs["ids"] / "results.json").read_text())
+    (reference / "results.json").write_text(json.dumps(dict(results, best=None)))
+    shutil.copy(runs["ids"] / "last_model.pt", reference / "last_model.pt")
+    rec = Recommender.from_run(reference, device="cpu")
+    assert rec.weights == "last" and rec.data_dir == Path(results["data_dir"])

@@ -244,8 +244,8 @@ def test_a_folder_without_a_manifest_loads_with_a_warning(tmp_path, caplog):
     assert (
         f"warning: {folder} has no manifest.json (prepared by an earlier version), so its files are not "
         f"verified; prepare it again to add one: python3 preprocess_public_data.py --dataset small "
-        f"--output_root {tmp_path}, or for your own data --local_dir DIR --dataset_name small "
-        f"--output_root {tmp_path}"
+        f"--data_root {tmp_path}, or for your own data --local_dir DIR --dataset_name small "
+        f"--data_root {tmp_path}"
     ) in caplog.text
 
 

@@ -129,7 +129,7 @@ def prepare_command(data_dir: os.PathLike, extra_arguments: str = "") -> str:
     extra = f" {extra_arguments}" if extra_arguments else ""
     if isinstance(recorded, str) and recorded:
         return recorded + extra
-    root = "" if data_dir.parent == Path("tmp") else f" --output_root {data_dir.parent}"
+    root = "" if data_dir.parent == Path("tmp") else f" --data_root {data_dir.parent}"
     return (
         f"python3 preprocess_public_data.py --dataset {data_dir.name}{root}{extra}, or for your own "
         f"data --local_dir DIR --dataset_name {data_dir.name}{root}{extra}"

@@ -67,6 +67,7 @@ from generative_recommenders.trainer.distributed import (
     single_process_context,
     wrap_for_training,
 )
+from generative_recommenders.trainer import observers
 from generative_recommenders.trainer.protocol import ModelSelection
 from generative_recommenders.trainer.run_folder import RunFolderError, RunFolderLock, check_existing_run
 from generative_recommenders.trainer.run_log import RunLog, gin_config_mapping, provenance
@@ -281,6 +282,7 @@ def resume_or_start(run: TrainingRun, resume: bool) -> Progress:
         run.run_dir,
         {
             "dataset": run.data.stats(),
+            "data_dir": str((Path(config.data_root) / config.dataset_name).resolve()),  # run_data.py
             "run_dir": str(run.run_dir),
             "model": model.description(),
             "protocol": config.eval_protocol,
@@ -438,6 +440,7 @@ def evaluate_epoch(run: TrainingRun, epoch: int) -> None:
     run.log.evaluation(epoch, run.views.eval_split, full, evaluation)
     if run.selection is not None:
         run.selection.update(epoch, evaluation.metrics, run.model)
+        observers.validated(run.run_dir, epoch, evaluation.metrics)
     if run.plateau is not None:
         run.plateau.step(evaluation.metrics[config.selection_metric])
 
@@ -522,6 +525,7 @@ def train(
             evaluate_epoch(run, epoch)
             run.log.save()
             write_checkpoint(run, progress)
+        observers.before_test(run.run_dir)
         return final_test(run, progress)
 
 
