@@ -60,17 +60,18 @@ EPOCHS_COLUMN = "epochs_trained"  # early stopping decides it: a run's length be
 TASK_METRICS = {"retrieval": RETRIEVAL_METRICS, "ctr": RANKING_METRICS}
 
 
-def greb_models(config_dir: Path = CONFIG_DIR) -> Dict[str, Any]:
-    """GRE-B's models: ``{key: ModelSpec}`` for each ``<key>.gin`` of ``config_dir``, the registered
-    model that config trains; retrieval models first."""
+def greb_models() -> Dict[str, Any]:
+    """GRE-B's models: ``{key: ModelSpec}`` for each shipped config ``greb/<key>`` (its ``-text`` twin
+    aside), the registered model that config trains; retrieval models first."""
+    from generative_recommenders.config_files import available_configs, resolve_config
     from generative_recommenders.modeling.registry import model_spec
     from generative_recommenders.trainer.config import bound_parameter, parse_gin
 
     models = {}
-    for path in sorted(config_dir.glob("*.gin")):
-        if not path.stem.endswith("-text"):
-            parse_gin([str(path)], [])
-            models[path.stem] = model_spec(bound_parameter("train_fn.main_module", "HSTU"))
+    for name in available_configs():
+        if name.startswith("greb/") and not name.endswith("-text"):
+            parse_gin([str(resolve_config(name))], [])
+            models[name[len("greb/"):]] = model_spec(bound_parameter("train_fn.main_module", "HSTU"))
     return dict(sorted(models.items(), key=lambda item: item[1].task != "retrieval"))
 
 
