@@ -116,6 +116,18 @@ def load_base(base: str) -> Tuple[Any, Any, str]:
         ) from err
 
 
+def check_prepared(args: argparse.Namespace) -> None:
+    """Every --dataset is a prepared folder under --data_root (checked before anything loads)."""
+    for name in args.dataset:
+        folder = args.data_root / name
+        if not (folder / "sasrec_format.csv").is_file():
+            prepared = sorted(p.name for p in args.data_root.glob("*") if (p / "sasrec_format.csv").is_file()) if args.data_root.is_dir() else []
+            raise GreTrainError(
+                f"--dataset {name}: no prepared dataset in {folder} (prepared there: {', '.join(prepared) or 'none'}); "
+                f"prepare it with python3 preprocess_public_data.py --dataset {name} (or --local_dir DIR --dataset_name {name})"
+            )
+
+
 def load_domain_inputs(args: argparse.Namespace, name: str) -> Tuple[Any, List[str], Any]:
     """A prepared dataset's sequences, item texts and guide embeddings (computed and cached if missing)."""
     from generative_recommenders.data.sequence_format import load_sequence_dataset
@@ -128,12 +140,6 @@ def load_domain_inputs(args: argparse.Namespace, name: str) -> Tuple[Any, List[s
     from generative_recommenders.text.encoders import get_text_encoder
 
     folder = args.data_root / name
-    if not (folder / "sasrec_format.csv").is_file():
-        prepared = sorted(p.name for p in args.data_root.glob("*") if (p / "sasrec_format.csv").is_file()) if args.data_root.is_dir() else []
-        raise GreTrainError(
-            f"--dataset {name}: no prepared dataset in {folder} (prepared there: {', '.join(prepared) or 'none'}); "
-            f"prepare it with python3 preprocess_public_data.py --dataset {name} (or --local_dir DIR --dataset_name {name})"
-        )
     data = load_sequence_dataset(folder)
     texts = read_item_texts(folder)
     try:
@@ -288,6 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if checkpoint.exists() and not args.resume:
         raise GreTrainError(f"{checkpoint}: a run was cut short there; add --resume to continue it, or remove {work}")
     check_text_encoder_name(args.guide)
+    check_prepared(args)
     model, tokenizer, source = load_base(args.base)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     pooling = resolve_pooling(args, source)
