@@ -124,7 +124,7 @@ def check_prepared(args: argparse.Namespace) -> None:
             prepared = sorted(p.name for p in args.data_root.glob("*") if (p / "sasrec_format.csv").is_file()) if args.data_root.is_dir() else []
             raise GreTrainError(
                 f"--dataset {name}: no prepared dataset in {folder} (prepared there: {', '.join(prepared) or 'none'}); "
-                f"prepare it with python3 preprocess_public_data.py --dataset {name} (or --local_dir DIR --dataset_name {name})"
+                f"prepare it with python3 preprocess_public_data.py --dataset {name} (or --local_dir DIR --dataset_name {name}), adding --data_root DIR where it is not tmp"
             )
 
 

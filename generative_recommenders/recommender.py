@@ -52,7 +52,7 @@ from generative_recommenders.data.identity import IDENTITY_KEY, check_data_ident
 from generative_recommenders.data.sequence_format import SequenceDataset
 from generative_recommenders.errors import UserError
 from generative_recommenders.evaluation.ranking import candidate_embeddings
-from generative_recommenders.modeling.registry import RetrievalModel
+from generative_recommenders.modeling.registry import RetrievalModel, import_model_modules
 from generative_recommenders.retrieval import INDEX_KINDS, ItemIndex, exact_top_k, load_or_build_index
 from generative_recommenders.run_data import chosen_weights, run_data_dir
 from generative_recommenders.text.embedding_store import read_item_texts
@@ -114,6 +114,7 @@ def _bound_gin_config(results: Dict[str, Any]) -> Iterator[None]:
     model is built; the caller's gin state is restored afterwards."""
     import gin
 
+    import_model_modules()  # their configurables must exist, or parsing would skip their bindings
     previous = gin.config_str()
     with gin.unlock_config():
         gin.clear_config()

@@ -1,5 +1,6 @@
 """Checkpoint/resume: the resumable order, the generator states, the checkpoint file, and kill + resume."""
 
+import functools
 import json
 import random
 import signal
@@ -127,19 +128,21 @@ def _train_in_process(config: Path, output_root: Path, crash_at_step=None, resum
         [*RESUME_BINDINGS, f'train_fn.output_root = "{output_root}"', 'train_fn.run_name = "hstu-tiny"',
          *extra_bindings],
     )
-    real_loss, calls = tasks.training_loss, []
+    losses = tasks.RetrievalTask.default_losses
+    real_loss, calls = losses["SampledSoftmaxLoss"], []
 
+    @functools.wraps(real_loss)  # its signature: the task binds the run's settings by it
     def crashing_loss(*args, **kwargs):
         if len(calls) == crash_at_step:
             raise _Crash()
         calls.append(None)
         return real_loss(*args, **kwargs)
 
-    tasks.training_loss = crashing_loss
+    losses["SampledSoftmaxLoss"] = crashing_loss
     try:
         return train.train_fn(resume=resume)
     finally:
-        tasks.training_loss = real_loss
+        losses["SampledSoftmaxLoss"] = real_loss
         gin.clear_config()
 
 
@@ -181,17 +184,19 @@ def test_sigkilled_main_resumes_to_the_uninterrupted_results(tiny_hstu, tmp_path
     assert straight.returncode == 0, straight.stderr[-3000:]
     # The 15th loss call (step 14, mid-epoch 1) kills its own process; the last checkpoint is step 12's.
     killer = (
-        "import os, signal, sys\n"
+        "import functools, os, signal, sys\n"
         "from absl import app\n"
         "import main\n"
         "from generative_recommenders.trainer import tasks\n"
-        "real_loss, calls = tasks.training_loss, []\n"
+        "losses = tasks.RetrievalTask.default_losses\n"
+        "real_loss, calls = losses['SampledSoftmaxLoss'], []\n"
+        "@functools.wraps(real_loss)\n"
         "def killing_loss(*args, **kwargs):\n"
         "    calls.append(None)\n"
         "    if len(calls) == 15:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real_loss(*args, **kwargs)\n"
-        "tasks.training_loss = killing_loss\n"
+        "losses['SampledSoftmaxLoss'] = killing_loss\n"
         "app.run(main.main, argv=sys.argv)\n"
     )
     bindings = [*RESUME_BINDINGS, f'train_fn.output_root = "{tmp_path / "killed"}"']

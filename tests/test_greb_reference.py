@@ -274,9 +274,10 @@ def test_a_seen_item_is_never_ranked_nor_counted():
     batch = collate_with_seen_items([test[i] for i in range(len(test))])
     _, _, ranks = next(user_target_ranks(model, [batch], CPU, repeated_target="miss"))
     # User 0, target id 6: ids 1-5 were seen (only 4 and 5 are in its capped history), so it ranks first.
-    # User 1, target id 8 was seen at position 0: a miss (rank num_items + 1).
+    # User 1, target id 8 was seen at position 0: a miss, ranked where no reported K reaches (the
+    # reference's miss rank, 2,501, on a catalogue smaller than that).
     # User 2, target id 2: id 5 was seen, id 1 was not: rank 2.
-    assert ranks.tolist() == [1, 9, 2]
+    assert ranks.tolist() == [1, 2501, 2]
     windowed = collate_sequences([SequenceView(data, 2, ignore_last_n=0)[i] for i in range(3)])
     _, _, capped = next(user_target_ranks(model, [windowed], CPU))
     assert capped.tolist()[0] == 4  # the project's window mask leaves ids 1-3 rankable

@@ -1,5 +1,6 @@
 """The evaluation protocols: which item trains, validates and tests; model selection; early stopping."""
 
+import functools
 import json
 
 import gin
@@ -63,6 +64,7 @@ def test_training_never_sees_the_held_out_items(tmp_path, monkeypatch, protocol,
     _configure(tmp_path, f'train_fn.eval_protocol = "{protocol}"', "train_fn.num_epochs = 1")
     seen = {}
 
+    @functools.wraps(tasks.RetrievalTask.default_losses["SampledSoftmaxLoss"])  # the task binds by its signature
     def recording_loss(model, batch, *args, **kwargs):
         for user, history, length, target in zip(
             batch["user_index"].tolist(), batch["history_ids"], batch["history_lengths"], batch["target_ids"]
@@ -70,7 +72,7 @@ def test_training_never_sees_the_held_out_items(tmp_path, monkeypatch, protocol,
             seen[user] = history[:length].tolist() + [int(target)]  # everything the loss reads
         return torch.zeros((), requires_grad=True)
 
-    monkeypatch.setattr(tasks, "training_loss", recording_loss)
+    monkeypatch.setitem(tasks.RetrievalTask.default_losses, "SampledSoftmaxLoss", recording_loss)
     train.train_fn()
     data = load_sequence_dataset(tmp_path / "data" / "cyclic")
     assert len(seen) == data.num_users

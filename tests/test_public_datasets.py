@@ -69,7 +69,7 @@ def raw_dir(tmp_path: Path) -> Path:
 
 def prepare(out_root: Path, raw: Path, *datasets: str, model: str = "none") -> int:
     args = [arg for name in datasets for arg in ("--dataset", name)]
-    args += ["--raw_dir", str(raw), "--output_root", str(out_root), "--text_embedding_model", model]
+    args += ["--raw_dir", str(raw), "--data_root", str(out_root), "--text_embedding_model", model]
     with pytest.raises(SystemExit) as exit_:
         run_command("preprocess_public_data.py", preprocess_public_data.main, args)
     return exit_.value.code
@@ -525,7 +525,7 @@ def test_a_local_folder_is_refused_where_a_public_dataset_was_prepared(raw_dir: 
     local.mkdir()
     (local / "interactions.csv").write_text("user_id,item_id\nu1,a\nu1,b\n")
     (local / "items.jsonl").write_text('{"item_id": "a", "title": "A"}\n{"item_id": "b", "title": "B"}\n')
-    argv = ["--local_dir", str(local), "--dataset_name", "steam", "--output_root", str(tmp_path / "out"),
+    argv = ["--local_dir", str(local), "--dataset_name", "steam", "--data_root", str(tmp_path / "out"),
             "--text_embedding_model", "none"]
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
@@ -534,7 +534,7 @@ def test_a_local_folder_is_refused_where_a_public_dataset_was_prepared(raw_dir: 
     assert capsys.readouterr().err == (
         f"preprocess_public_data.py: {folder} is stale: it was prepared from the public dataset steam, not from the "
         f"local folder {local.resolve()}; prepare it again: python3 preprocess_public_data.py --local_dir {local} "
-        f"--dataset_name steam --output_root {tmp_path / 'out'} --force (details: --debug)\n"
+        f"--dataset_name steam --data_root {tmp_path / 'out'} --force (details: --debug)\n"
     )
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == before
 

@@ -347,7 +347,7 @@ def test_a_ctr_run_scores_each_pair_as_its_evaluation_and_ranks_the_next_item_hi
         ranks.append(target["rank"].item())
     # The catalogue is walked in order: the next item is learnable (40 items: a random ranking puts it
     # at 20.5 on average; DIN's attention finds it near the top, DeepFM's mean of behaviours less so).
-    assert np.mean(ranks) < 10
+    assert np.mean(ranks) < {"din": 10, "deepfm_text": 14}[run]
     user = rec.data.maps["id2user"][positives[0]["user_index"]]
     scores = rec.score(user, ["i3", "i4"])
     assert scores.scores.shape == (1, 2) and ((scores.scores > 0) & (scores.scores < 1)).all()
