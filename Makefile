@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean
+.PHONY: demo test test-all clean
 
 # The package itself is installed editable (its pinned requirements are already in place),
 # so `import generative_recommenders` works from any folder with this venv's python.
@@ -21,7 +21,12 @@ demo: $(VENV)/.runtime
 	$(PY) preprocess_public_data.py --dataset ml100k
 	$(PY) -m generative_recommenders.demo
 
+# Every core path, fast; test-all adds the tests marked slow (end-to-end runs in subprocesses,
+# the installed wheel, a real search): what CI runs.
 test: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(VENV)/.test
 	$(PY) -m pytest -q tests
 
 clean:

@@ -33,7 +33,7 @@ def prepare() -> None:
 
 
 def compare() -> None:
-    from generative_recommenders.compare import main
+    from generative_recommenders.reports.compare import main
 
     run_command("gr-compare", main)
 

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from generative_recommenders import compare
+from generative_recommenders.reports import compare
 from generative_recommenders.config_files import resolve_config
 from generative_recommenders.recommend import format_table
 from generative_recommenders.recommender import Recommender

@@ -82,7 +82,7 @@ def run_seeds(
         run_dirs.append(results["run_dir"])
     if len(run_dirs) > 1 and context.is_main:
         # Imported here: matplotlib's import is slow and single runs do not need it.
-        from generative_recommenders import compare
+        from generative_recommenders.reports import compare
 
         compare.main([*run_dirs])
 

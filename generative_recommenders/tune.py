@@ -390,7 +390,7 @@ def _write_plots(study, output_dir: Path) -> List[Path]:
     import optuna.visualization.matplotlib as plots
     from optuna.trial import TrialState
 
-    from generative_recommenders.figures import save_figures
+    from generative_recommenders.reports.figures import save_figures
 
     written = []
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from generative_recommenders.logs import configure_logging
 from generative_recommenders.ops import jagged
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -33,4 +34,5 @@ def _seed():
 def _project_logs_reach_caplog():
     """A training run in an earlier test sets up the project's stdout channel, which stops
     propagation to the root logger; each test starts with propagation on, so caplog sees its records."""
+    configure_logging()  # the project's lines on stdout (capsys), whichever test ran first
     logging.getLogger("generative_recommenders").propagate = True

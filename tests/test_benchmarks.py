@@ -51,6 +51,7 @@ def test_reference_batches_are_padded_to_the_full_length_and_keep_their_values()
     assert torch.equal(padded["target_ids"], batch["target_ids"])
 
 
+@pytest.mark.slow  # trains end to end in subprocesses: make test-all
 def test_a_tiny_case_is_measured_on_every_path():
     args = argparse.Namespace(tokens_per_batch=48, warmup=1, steps=1, data_root="unused")
     results = train_throughput.measure_speed("synthetic-12", ["reference", "optimized", "bucketed"], args)

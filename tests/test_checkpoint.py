@@ -178,6 +178,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_results(tiny_hstu, uninterru
         _train_in_process(config, tmp_path, resume=True, extra_bindings=("train_fn.learning_rate = 0.02",))
 
 
+@pytest.mark.slow  # trains end to end in subprocesses: make test-all
 def test_sigkilled_main_resumes_to_the_uninterrupted_results(tiny_hstu, tmp_path):
     _, config = tiny_hstu
     straight = run_main(config, *RESUME_BINDINGS, f'train_fn.output_root = "{tmp_path / "straight"}"')

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from matplotlib.container import BarContainer
 
-from generative_recommenders import compare
+from generative_recommenders.reports import compare
 
 REPO = Path(__file__).resolve().parents[1]
-from generative_recommenders.compare import CompareError, build_tables, format_markdown, format_text, load_runs, to_frame
+from generative_recommenders.reports.compare import CompareError, build_tables, format_markdown, format_text, load_runs, to_frame
 
 
 def _metrics(hr10: float, mrr: float) -> dict:

@@ -12,7 +12,7 @@ from typing import Dict, List
 import pytest
 
 import preprocess_public_data
-from generative_recommenders import compare
+from generative_recommenders.reports import compare
 from generative_recommenders.data.identity import IDENTITY_KEY, DataIdentityError, data_identity
 from generative_recommenders.errors import one_line, run_command
 from generative_recommenders.recommend import PROGRAM, main as recommend_main

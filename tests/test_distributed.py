@@ -310,6 +310,7 @@ def test_process_seeds_differ_by_rank_and_rank_zero_keeps_the_run_seed():
     assert seeds[0] == 42 and len(set(seeds)) == 4
 
 
+@pytest.mark.slow  # trains end to end in subprocesses: make test-all
 def test_main_trains_in_two_processes_and_its_weights_evaluate_alike_in_one(tmp_path):
     """``main.py --nproc=2``: one results.json, every user evaluated once; the saved
     weights give the same test metrics in one process; resuming its checkpoint in one

@@ -5,8 +5,8 @@ import struct
 import pytest
 from matplotlib.container import BarContainer
 
-from generative_recommenders import figures
-from generative_recommenders.greb import plot_greb, summarize
+from generative_recommenders.reports import figures
+from generative_recommenders.reports.greb_tables import plot_greb, summarize
 from test_greb_tables import RECORDS
 
 

@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from generative_recommenders.greb import markdown_text, summarize, write_greb_tables
+from generative_recommenders.reports.greb_tables import markdown_text, summarize, write_greb_tables
 
 
 def retrieval(encoder, model, seed, ndcg, hr, tail=None, cold=None):

@@ -210,7 +210,7 @@ train_fn.patience = 3
 
 
 def test_compare_shows_the_groups_and_leaves_ctr_runs_to_the_greb_table(cyclic, capsys):
-    from generative_recommenders import compare
+    from generative_recommenders.reports import compare
 
     retrieval = train_config_file(str(greb_config(
         cyclic, "SASRec", 'train_fn.num_negatives = 8\ntrain_fn.cold_item_share = 0.1\ntrain_fn.num_epochs = 1\n'

@@ -31,6 +31,7 @@ def tiny(tmp_path):
     return tmp_path, tiny_config(tmp_path, "HSTU")
 
 
+@pytest.mark.slow  # trains end to end in subprocesses: make test-all
 def test_a_changed_binding_gets_its_own_folder_and_the_earlier_run_stays(tiny):
     root, config = tiny
     first = run_main(config, ONE_EPOCH)
@@ -53,6 +54,7 @@ def test_a_changed_binding_gets_its_own_folder_and_the_earlier_run_stays(tiny):
     assert len(list((root / "exps" / "cyclic").iterdir())) == 2
 
 
+@pytest.mark.slow  # trains end to end in subprocesses: make test-all
 def test_a_folder_of_another_configuration_is_refused_in_one_line_and_left_as_it_was(tiny):
     root, config = tiny
     assert run_main(config, ONE_EPOCH).returncode == 0
@@ -200,6 +202,7 @@ def test_results_record_their_provenance_and_config(tiny):
     assert os.environ.get("GR_DEBUG") in (None, "", "0")
 
 
+@pytest.mark.slow  # trains end to end in subprocesses: make test-all
 def test_a_finished_run_with_a_damaged_results_file_is_never_trained_over(tiny):
     root, config = tiny
     assert run_main(config, ONE_EPOCH).returncode == 0

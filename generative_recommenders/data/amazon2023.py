@@ -32,6 +32,9 @@ import pandas as pd
 from generative_recommenders.data.download import RawFile, fetch_raw_files, open_raw_text
 from generative_recommenders.data.local import Items, keep_frequent, numeric_column
 from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.logs import get_logger
+
+logger = get_logger(__name__)
 
 CATEGORIES: Dict[str, str] = {
     "amzn23_game": "Video_Games",
@@ -128,18 +131,18 @@ def read_metadata(path: Path, wanted_items: Set[str]) -> Items:
     if num_records == 0:
         raise DatasetFormatError(f"{path}: no JSON item record with a parent_asin")
     if bad_lines:
-        print(
-            f"warning: {path}: skipped {len(bad_lines)} line(s) that are not a JSON object "
+        logger.warning(
+            f"{path}: skipped {len(bad_lines)} line(s) that are not a JSON object "
             f"with a parent_asin, the first at line {bad_lines[0]}"
         )
-    print(f"{path.name}: {num_records:,} item records, {len(items):,} of them rated")
+    logger.info(f"{path.name}: {num_records:,} item records, {len(items):,} of them rated")
     return items
 
 
 def filter_interactions(ratings: pd.DataFrame, items: Items, name: str) -> pd.DataFrame:
     """Drops interactions with items lacking metadata, then rare items, then light users (one pass each)."""
     with_metadata = ratings[ratings["item_id"].isin(items.keys()).to_numpy()]
-    print(
+    logger.info(
         f"{name}: dropped {len(ratings) - len(with_metadata):,} interaction(s) with "
         f"{ratings['item_id'].nunique() - with_metadata['item_id'].nunique():,} item(s) without metadata"
     )
@@ -182,12 +185,12 @@ def load_amazon2023(name: str, raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
     # Both files are fetched before either is read: missing ones fail fast, named together.
     ratings_path, metadata_path = fetch_raw_files(name, raw_files(name), raw_dir)
     ratings = read_ratings(ratings_path)
-    print(
+    logger.info(
         f"{ratings_path.name}: {len(ratings):,} ratings of {ratings['user_id'].nunique():,} users "
         f"and {ratings['item_id'].nunique():,} items"
     )
     items = read_metadata(metadata_path, set(ratings["item_id"]))
-    print(
+    logger.info(
         f"{name}: the reference's steps keep {reference_item_count(ratings, items):,} items of these files "
         f"(the paper: {EXPECTED_NUM_ITEMS[name]:,})"
     )

@@ -208,7 +208,7 @@ def keep_frequent(df: pd.DataFrame, column: str, minimum: int, source: str, unit
     kept = df[(counts >= minimum).to_numpy()]
     if len(kept) < len(df):
         noun = column.removesuffix("_id")
-        print(
+        logger.info(
             f"{source}: dropped {df[column].nunique() - kept[column].nunique():,} {noun}(s) with fewer than "
             f"{minimum} {unit} ({len(df) - len(kept):,} {unit})"
         )

@@ -37,6 +37,9 @@ from generative_recommenders.data.download import DownloadError, RawFile, fetch_
 from generative_recommenders.data.local import Items, require_item_metadata
 from generative_recommenders.data.sequence_format import DatasetFormatError
 from generative_recommenders.data.sources import note_source
+from generative_recommenders.logs import get_logger
+
+logger = get_logger(__name__)
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -57,7 +60,7 @@ def fetch_recbole_wheel(raw_dir: Path) -> Path:
     wheel = Path(raw_dir) / RECBOLE_WHEEL
     if wheel.is_file():
         return wheel
-    print(f"fetching the {RECBOLE_REQUIREMENT} wheel from PyPI (it holds ml-100k) into {raw_dir}")
+    logger.info(f"fetching the {RECBOLE_REQUIREMENT} wheel from PyPI (it holds ml-100k) into {raw_dir}")
     result = subprocess.run(
         [
             sys.executable,

@@ -34,6 +34,9 @@ import pandas as pd
 from generative_recommenders.data.download import RawFile, fetch_raw_files, open_raw_text
 from generative_recommenders.data.local import Items, keep_frequent
 from generative_recommenders.data.sequence_format import DatasetFormatError
+from generative_recommenders.logs import get_logger
+
+logger = get_logger(__name__)
 
 REVIEWS_URL = "https://cseweb.ucsd.edu/~wckang/steam_reviews.json.gz"
 GAMES_URL = "https://cseweb.ucsd.edu/~wckang/steam_games.json.gz"
@@ -117,7 +120,7 @@ class _Drops:
 
     def report(self, path: Path, what: str) -> None:
         for reason, count in self.counts.items():
-            print(f"{path.name}: dropped {count:,} {what} {reason} (first: {self.examples[reason]})")
+            logger.info(f"{path.name}: dropped {count:,} {what} {reason} (first: {self.examples[reason]})")
 
 
 def read_reviews(path: Path) -> pd.DataFrame:
@@ -149,7 +152,7 @@ def read_reviews(path: Path) -> pd.DataFrame:
         users.append(shared.setdefault(str(user), str(user)))
         items.append(shared.setdefault(str(item), str(item)))
         timestamps.append(timestamp)
-    print(f"{path.name}: {num_reviews:,} reviews")
+    logger.info(f"{path.name}: {num_reviews:,} reviews")
     drops.report(path, "review(s)")
     return pd.DataFrame(
         {"user_id": users, "item_id": items, "rating": 1.0, "timestamp": pd.Series(timestamps, dtype="int64")}
@@ -169,7 +172,7 @@ def read_games(path: Path) -> Items:
         if str(game["id"]) in games:
             drops.add("repeating an earlier id (the last line is kept)", f"line {line_no}: {game['id']!r}")
         games[str(game["id"])] = game
-    print(f"{path.name}: {num_lines:,} games, {len(games):,} distinct ids")
+    logger.info(f"{path.name}: {num_lines:,} games, {len(games):,} distinct ids")
     drops.report(path, "game line(s)")
     return games
 
@@ -182,7 +185,7 @@ def load_steam(raw_dir: Path) -> Tuple[pd.DataFrame, Items]:
     games = read_games(games_path)
     reviews = read_reviews(reviews_path)
     with_metadata = reviews[reviews["item_id"].isin(games.keys()).to_numpy()]
-    print(
+    logger.info(
         f"steam: dropped {len(reviews) - len(with_metadata):,} review(s) of "
         f"{reviews['item_id'].nunique() - with_metadata['item_id'].nunique():,} game(s) without metadata"
     )

@@ -228,7 +228,7 @@ def compute_item_text_embeddings(
     atomic_torch_save(table, path)
     atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
     rate = num_computed / elapsed if num_computed and elapsed > 0 else 0.0
-    print(
+    logger.info(
         f"{path}: {num_computed} item texts computed, {len(texts) - num_computed} from the cache, "
         f"{rate:.1f} items/s"
     )

@@ -17,7 +17,6 @@ on it.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import time
@@ -29,12 +28,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generative_recommenders.errors import UserError
+from generative_recommenders.logs import get_logger
 from generative_recommenders.text.sentence_folder import POOLINGS, pool_hidden_states, read_sentence_settings
 
 if TYPE_CHECKING:
     import tiktoken
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 HUB_MODELS: Dict[str, str] = {
     "blair": "hyp1231/blair-roberta-base",
