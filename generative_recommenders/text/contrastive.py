@@ -224,6 +224,24 @@ class ContrastiveTrainer:
     def steps_per_epoch(self) -> int:
         return len(self.train_batches(0))
 
+    def _restore(self, checkpoint_path: Path, run_signature: Optional[Dict[str, Any]], optimizer: torch.optim.Optimizer,
+                 scheduler: Any) -> Dict[str, Any]:
+        """Loads a checkpoint of this very run into the model, optimizer, schedule and generators;
+        returns it for the loop's own state."""
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION or state.get("signature") != run_signature:
+            raise ContrastiveTrainingError(
+                f"{checkpoint_path}: written by another run (other data or settings); "
+                "rerun with that run's settings, or remove it to start afresh"
+            )
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return state
+
     def train(
         self,
         checkpoint_path: Optional[Path] = None,
@@ -248,21 +266,10 @@ class ContrastiveTrainer:
         epoch, step_in_epoch, epoch_loss_sum = 0, 0, 0.0
         epoch_seconds = epoch_cpu_seconds = 0.0
         if resume and checkpoint_path is not None and checkpoint_path.is_file():
-            state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            if state.get("version") != CHECKPOINT_VERSION or state.get("signature") != run_signature:
-                raise ContrastiveTrainingError(
-                    f"{checkpoint_path}: written by another run (other data or settings); "
-                    "rerun with that run's settings, or remove it to start afresh"
-                )
-            self.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            state = self._restore(checkpoint_path, run_signature, optimizer, scheduler)
             history, best_state = state["history"], state["best_state"]
             epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
             epoch_loss_sum, epoch_seconds, epoch_cpu_seconds = state["epoch_loss_sum"], state["epoch_seconds"], state["epoch_cpu_seconds"]
-            torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
             logger.info("resumed from %s at epoch %d, step %d of %d", checkpoint_path, epoch + 1, step_in_epoch, steps_per_epoch)
 
         def save_checkpoint() -> None:
