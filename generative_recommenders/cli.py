@@ -9,6 +9,7 @@ command            what it runs                                 also runs as
 ``gr-recommend``   top-k, scores and embeddings from a run      ``python3 -m generative_recommenders.recommend``
 ``gr-greb``        the GRE-B text-encoder benchmark             ``python3 -m generative_recommenders.greb``
 ``gr-tune``        hyper-parameter search (Optuna)              ``python3 -m generative_recommenders.tune``
+``gr-gre-train``   fine-tunes a text encoder (GRE)              ``python3 -m generative_recommenders.gre_train``
 =================  ==========================================  ==========================
 
 Each entry imports its module when called, so that one command's start does not pay
@@ -54,3 +55,9 @@ def tune() -> None:
     from generative_recommenders.tune import main
 
     run_command("gr-tune", main)
+
+
+def gre_train() -> None:
+    from generative_recommenders.gre_train import main
+
+    run_command("gr-gre-train", main)

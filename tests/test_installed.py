@@ -14,7 +14,7 @@ import pytest
 
 from test_train import REPO
 
-COMMANDS = ("gr-prepare", "gr-train", "gr-compare", "gr-recommend", "gr-greb", "gr-tune")
+COMMANDS = ("gr-prepare", "gr-train", "gr-compare", "gr-recommend", "gr-greb", "gr-tune", "gr-gre-train")
 # What a wheel is built from (a copy: the build leaves its build/ and egg-info beside it).
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "requirements.txt", "generative_recommenders", "configs")
 TINY = [
@@ -119,6 +119,7 @@ BAD_INPUTS = {
     "gr-greb": (["--dataset", "ml100k", "--models", "gru4rec"], "gru4rec is not a GRE-B model"),
     "gr-tune": (["--gin_config_file", "ml100k/hstu-sampled-softmax-n128-final", "--space", "no_space.toml"],
                 "search space no_space.toml not found"),
+    "gr-gre-train": (["--dataset", "nowhere", "--output", "encoder"], "--dataset nowhere: no prepared dataset in"),
 }
 
 
