@@ -68,8 +68,9 @@ QUERY_BATCH = 256
 PAIR_BATCH = 4096
 
 Ids = Union[str, int, Sequence[Union[str, int]]]
-# A history to score from: (0-based items oldest first, their timestamps, the request time).
-History = Tuple[np.ndarray, np.ndarray, int]
+# A history to score from: (0-based items oldest first, their timestamps, the request time, the
+# 0-based user it is of, -1 for a history that names no user).
+History = Tuple[np.ndarray, np.ndarray, int, int]
 # Ranked items: (0-based items best first, their scores).
 Ranked = Tuple[np.ndarray, np.ndarray]
 
@@ -175,7 +176,7 @@ class EmbeddingScorer:
                     "target_timestamp": request_time,
                     "target_rating": 0.0,
                 }
-                for items, timestamps, request_time in histories[begin:begin + QUERY_BATCH]
+                for items, timestamps, request_time, _ in histories[begin:begin + QUERY_BATCH]
             ]
             batch = {key: value.to(self.device) for key, value in collate_sequences(examples).items()}
             queries.append(
@@ -241,7 +242,7 @@ class PairScorer:
         self.model, self.device, self.max_sequence_length, self.categories = model, device, max_sequence_length, categories
 
     @torch.no_grad()
-    def _pair_scores(self, history: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def _pair_scores(self, history: np.ndarray, items: np.ndarray, user: int) -> np.ndarray:
         behaviours = torch.from_numpy(history[-self.max_sequence_length:] + 1)
         scores = []
         for begin in range(0, len(items), PAIR_BATCH):
@@ -250,6 +251,8 @@ class PairScorer:
                 "history_ids": behaviours.expand(len(targets), -1),
                 "history_lengths": torch.full((len(targets),), len(behaviours), dtype=torch.int64),
                 "target_ids": targets,
+                # A model with a user field reads this user's row (-1: the padding user, all zeros).
+                "user_index": torch.full((len(targets),), user, dtype=torch.int64),
             }
             if self.categories is not None:
                 table = torch.from_numpy(self.categories.ids)
@@ -260,12 +263,12 @@ class PairScorer:
         return np.concatenate(scores)
 
     def scores(self, histories: Sequence[History], items: np.ndarray) -> np.ndarray:
-        return np.stack([self._pair_scores(history, items) for history, _, _ in histories])
+        return np.stack([self._pair_scores(history, items, user) for history, _, _, user in histories])
 
     def top_k(self, histories: Sequence[History], excluded: List[np.ndarray], k: int) -> List[Ranked]:
         ranked = []
-        for (history, _, _), skip in zip(histories, excluded):
-            scores = self._pair_scores(history, np.arange(self.model.num_items)).astype(np.float64)
+        for (history, _, _, user), skip in zip(histories, excluded):
+            scores = self._pair_scores(history, np.arange(self.model.num_items), user).astype(np.float64)
             scores[skip] = -np.inf
             top = np.argsort(-scores, kind="stable")[:k]
             top = top[np.isfinite(scores[top])]
@@ -428,9 +431,9 @@ class Recommender:
 
     # -------------------------------------------------------------- ranking
 
-    def _user_history(self, user: int) -> Tuple[np.ndarray, np.ndarray, int]:
+    def _user_history(self, user: int) -> History:
         timestamps = self.data.timestamps[user]
-        return self.data.item_ids[user], timestamps, int(timestamps[-1])
+        return self.data.item_ids[user], timestamps, int(timestamps[-1]), user
 
     def _frame(self, ranked: List[Tuple[np.ndarray, np.ndarray]], user_ids: Optional[List[str]]) -> pd.DataFrame:
         counts = [len(items) for items, _ in ranked]
@@ -465,7 +468,7 @@ class Recommender:
         self._check_k(k)
         users = self._user_indices(user_ids)
         histories = [self._user_history(user) for user in users]
-        excluded = [items if exclude_history else items[:0] for items, _, _ in histories]
+        excluded = [items if exclude_history else items[:0] for items, *_ in histories]
         return self._frame(self._recommend(histories, excluded, k), _as_list(user_ids))
 
     def recommend_for_history(
@@ -496,7 +499,7 @@ class Recommender:
                 f"ask at or after the last interaction"
             )
         excluded = items if exclude_history else items[:0]
-        return self._frame(self._recommend([(items, times, request)], [excluded], k), None)
+        return self._frame(self._recommend([(items, times, request, -1)], [excluded], k), None)
 
     @staticmethod
     def _history_timestamps(timestamps: Optional[Sequence[int]], length: int) -> np.ndarray:

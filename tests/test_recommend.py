@@ -349,9 +349,20 @@ def test_a_ctr_run_scores_each_pair_as_its_evaluation_and_ranks_the_next_item_hi
     # The catalogue is walked in order: the next item is learnable (40 items: a random ranking puts it
     # at 20.5 on average; DIN's attention finds it near the top, DeepFM's mean of behaviours less so).
     assert np.mean(ranks) < {"din": 10, "deepfm_text": 14}[run]
-    user = rec.data.maps["id2user"][positives[0]["user_index"]]
+    user_index = positives[0]["user_index"]
+    user = rec.data.maps["id2user"][user_index]
     scores = rec.score(user, ["i3", "i4"])
     assert scores.scores.shape == (1, 2) and ((scores.scores > 0) & (scores.scores < 1)).all()
+    # A user of the data is scored with their own user field (as the evaluation scores them),
+    # after the newest max_sequence_length items of their whole sequence.
+    history = torch.from_numpy(rec.data.item_ids[user_index][-rec.max_sequence_length:] + 1).expand(2, -1)
+    pairs = {"history_ids": history, "history_lengths": torch.full((2,), history.size(1)),
+             "target_ids": torch.tensor([rec.data.maps["item2id"][i] + 1 for i in ("i3", "i4")])}
+    with torch.no_grad():
+        as_user = torch.sigmoid(rec.model({**pairs, "user_index": torch.full((2,), user_index)})).numpy()
+        anonymous = torch.sigmoid(rec.model(pairs)).numpy()
+    assert scores.scores[0] == pytest.approx(as_user, rel=1e-5)
+    assert not np.allclose(as_user, anonymous)  # the user field counts
 
 
 def test_a_ctr_run_has_no_embeddings_and_no_faiss_index(runs):
