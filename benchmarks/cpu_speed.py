@@ -45,7 +45,7 @@ sys.path.insert(0, str(BENCHMARKS))
 from preprocess_memory import power_law_lengths  # noqa: E402
 from generative_recommenders.data.dataset import SequenceView, collate_sequences  # noqa: E402
 from generative_recommenders.data.sequence_format import SequenceDataset  # noqa: E402
-from generative_recommenders.evaluation.metrics import exclude_items, target_ranks, tiled_target_ranks  # noqa: E402
+from generative_recommenders.evaluation.metrics import target_ranks, tiled_target_ranks  # noqa: E402
 from generative_recommenders.evaluation.ranking import CPU_TILE_ITEMS, candidate_embeddings  # noqa: E402
 from generative_recommenders.modeling.losses import resolve_negative_scoring, training_loss  # noqa: E402
 from generative_recommenders.modeling.registry import build_model  # noqa: E402

@@ -540,7 +540,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     for path in write_outputs(tables, output_dir):
         print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    run_command("compare", main)  # one line for a UserError or a failed write (e.g. --output_dir a file)

@@ -46,7 +46,6 @@ HUB_MODELS: Dict[str, str] = {
 # BLaIR and GRE embed with their CLS token (GRE-B: ``te_id_sasrec.yaml`` ``pooler: cls``, its ranker's
 # ``last_hidden_state[:, 0]``); every other named or hf: model defaults to mean pooling.
 CLS_POOLED_MODELS = ("blair", "blair-large", "gre-small", "gre-base", "gre-large")
-POOLINGS = ("cls", "mean")
 
 
 class TextEncodingError(UserError):
