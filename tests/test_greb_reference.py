@@ -192,6 +192,29 @@ def test_greb_sasrec_user_embedding_follows_recstudios_formula():
     assert model.encoder.layers[0].norm1.eps == 1e-12 and not model.encoder.layers[0].norm_first
 
 
+def test_greb_sasrec_blocks_equal_torchs_transformer_encoder_with_gradients():
+    # The written-out post-LN blocks against the nn.TransformerEncoder whose weights they use,
+    # every position and the last-position query alike, with the gradient of every weight.
+    model = GREBSASRec(ItemEmbedding(10, 8), num_positions=6, num_blocks=2, num_heads=2, ffn_hidden_dim=12,
+                       dropout_rate=0.0).train()
+    randomize(model)
+    ids, lengths = torch.tensor([[3, 7, 1, 0, 0], [9, 2, 5, 6, 4], [4, 0, 0, 0, 0]]), torch.tensor([3, 5, 1])
+    x = model.item_embedding(ids) + model.position_embedding(torch.arange(5))
+    causal = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+    padding = torch.arange(5).unsqueeze(0) >= lengths.unsqueeze(1)
+    reference = model.encoder(x, mask=causal, src_key_padding_mask=padding)
+    real = ~padding.unsqueeze(-1)
+    encoded = model.encode(ids, lengths, torch.zeros_like(ids))
+    torch.testing.assert_close(encoded * real, reference * real)
+    queries = model.query_embeddings(ids, lengths, torch.zeros_like(ids))
+    torch.testing.assert_close(queries, reference[torch.arange(3), lengths - 1])
+    weights = [p for p in model.parameters() if p.requires_grad]
+    expected = torch.autograd.grad((reference[torch.arange(3), lengths - 1] ** 2).sum(), weights, allow_unused=True)
+    actual = torch.autograd.grad((queries ** 2).sum(), weights, allow_unused=True)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, atol=1e-6, rtol=1e-5)
+
+
 def test_greb_sasrec_starts_from_recstudios_normal_initialization():
     torch.manual_seed(0)
     model = GREBSASRec(ItemEmbedding(2000, 64), num_positions=21)

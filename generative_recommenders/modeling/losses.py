@@ -315,16 +315,21 @@ def binary_cross_entropy_loss(
     """
     lengths = batch["history_lengths"].to(device, non_blocking=True)
     target_ids = batch["target_ids"].to(device, non_blocking=True)
-    ids = batch["history_ids"].to(device, non_blocking=True).scatter(
-        1, lengths.view(-1, 1), target_ids.view(-1, 1)
-    )
-    embeddings = model.item_embeddings(ids)
-    encoded = model.encode(ids, lengths + 1, batch["history_timestamps"].to(device), embeddings)
-    predicts_next = predicting_positions(lengths, ids.size(1) - 1, last_position_only)
-    queries = encoded[:, :-1][predicts_next]
-    positive_ids = ids[:, 1:][predicts_next]
+    history_ids = batch["history_ids"].to(device, non_blocking=True)
+    timestamps = batch["history_timestamps"].to(device)
+    if last_position_only:  # the query at the last history position, predicting the target
+        queries = model.query_embeddings(history_ids, lengths, timestamps)
+        positive_ids = target_ids
+        positive_embeddings = model.item_embeddings(target_ids)
+    else:
+        ids = history_ids.scatter(1, lengths.view(-1, 1), target_ids.view(-1, 1))
+        embeddings = model.item_embeddings(ids)
+        encoded = model.encode(ids, lengths + 1, timestamps, embeddings)
+        predicts_next = predicting_positions(lengths, ids.size(1) - 1, last_position_only=False)
+        queries = encoded[:, :-1][predicts_next]
+        positive_ids = ids[:, 1:][predicts_next]
+        positive_embeddings = embeddings[:, 1:][predicts_next]
     negative_ids = sample_negatives("local", positive_ids, num_negatives, model.num_items, candidate_ids=negative_item_ids)
-    positive_embeddings = embeddings[:, 1:][predicts_next]
     negative_embeddings = model.item_embeddings(negative_ids)
     if item_l2_norm:
         positive_embeddings = model.normalize_items(positive_embeddings)
