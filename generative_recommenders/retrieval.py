@@ -49,8 +49,9 @@ def exact_top_k(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best candidates of each query by inner product: ``(scores, indices)``, each ``[B, k]``.
 
-    ``queries [B, D]`` are scored in blocks of ``max_scores // N`` queries
-    against ``candidates [N, D]`` a tile of :data:`TILE_ITEMS` at a time, with
+    ``queries [B, D]`` are scored in blocks of ``max_scores // TILE_ITEMS`` queries
+    (at most ``max_scores`` scores at a time) against ``candidates [N, D]`` a
+    tile of :data:`TILE_ITEMS` at a time, with
     a running top-k per query: the scores and indices of ranking each block's
     whole rows (``ops/tiles.py``), where scores are distinct (among tied
     scores either may be kept). With ``excluded [B, L]`` (candidate rows,
@@ -60,7 +61,9 @@ def exact_top_k(
     """
     num_candidates = candidates.size(0)
     k = min(k, num_candidates)
-    block = max(1, max_scores // max(1, num_candidates))
+    tiles = tile_bounds(num_candidates, max(k, TILE_ITEMS))
+    # Each tile is read once per block: the fewer blocks, the less memory traffic.
+    block = max(1, max_scores // max(end - begin for begin, end in tiles))
     blocks = [slice(first, min(first + block, queries.size(0))) for first in range(0, queries.size(0), block)]
     best_scores = queries.new_full((queries.size(0), k), float("-inf"))
     best_ids = torch.zeros(queries.size(0), k, dtype=torch.long, device=queries.device)
@@ -70,7 +73,7 @@ def exact_top_k(
             # tile: it is scored against every candidate at once (its scores are one row).
             _merge_tile(best_scores, best_ids, rows, _scores(queries[rows], candidates, 0, excluded, rows), 0)
     tiled = [rows for rows in blocks if rows.stop - rows.start > 1]
-    for begin, end in tile_bounds(num_candidates, max(k, TILE_ITEMS)):
+    for begin, end in tiles:
         for rows in tiled:
             scores = _scores(queries[rows], candidates[begin:end], begin, excluded, rows)
             _merge_tile(best_scores, best_ids, rows, scores, begin)

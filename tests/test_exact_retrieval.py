@@ -5,12 +5,12 @@ import torch
 
 from generative_recommenders import retrieval
 from generative_recommenders.evaluation.metrics import exclude_items
+from generative_recommenders.ops.tiles import tile_bounds
 from generative_recommenders.retrieval import exact_top_k
 
 
-def _whole_rows_top_k(queries, candidates, k, excluded, max_scores):
-    """Each chunk of ``max_scores // N`` queries scored against every candidate, top-k of whole rows."""
-    chunk = max(1, max_scores // candidates.size(0))
+def _whole_rows_top_k(queries, candidates, k, excluded, chunk):
+    """Each chunk of ``chunk`` queries scored against every candidate, top-k of whole rows."""
     best_scores, best_ids = [], []
     for begin in range(0, queries.size(0), chunk):
         scores = queries[begin:begin + chunk] @ candidates.T
@@ -22,14 +22,13 @@ def _whole_rows_top_k(queries, candidates, k, excluded, max_scores):
     return torch.cat(best_scores), torch.cat(best_ids)
 
 
-# Tiles of 1,000 candidates (the last one of 1 joins it), 64, 16 (MIN_TILE) or all; query blocks of
-# 20, 3 (and 2), 1 (scored whole) or 19 and 1.
-@pytest.mark.parametrize(
-    "tile_items, max_scores", [(1000, 1 << 24), (64, 3 * 1001), (1, 1001), (5000, 20 * 1001), (16, 19 * 1001)]
-)
+# Tiles of 1,000 candidates (the last one of 1 joins it), 64, 16 (MIN_TILE) or all (at least k wide);
+# query blocks of max_scores // the widest tile: 20, 3 (and 2), 1 (scored whole) or 19 and 1. The
+# whole rows are scored in the same blocks (a block's scores are its rows', bit for bit).
+@pytest.mark.parametrize("tile_items, block", [(1000, 20), (64, 3), (1, 1), (5000, 20), (16, 19)])
 @pytest.mark.parametrize("k", [1, 10, 100])
 @pytest.mark.parametrize("with_excluded", [False, True])
-def test_tiled_top_k_returns_the_whole_rows_ids_and_scores(monkeypatch, tile_items, max_scores, k, with_excluded):
+def test_tiled_top_k_returns_the_whole_rows_ids_and_scores(monkeypatch, tile_items, block, k, with_excluded):
     monkeypatch.setattr(retrieval, "TILE_ITEMS", tile_items)
     generator = torch.Generator().manual_seed(k)
     queries = torch.randn(20, 16, generator=generator)
@@ -40,8 +39,9 @@ def test_tiled_top_k_returns_the_whole_rows_ids_and_scores(monkeypatch, tile_ite
         excluded[::2, 15:] = 0  # padding
         # Each query's best items excluded: the top-k must reach past them.
         excluded[:, :5] = (queries @ candidates.T)[:, 1:].topk(5, dim=1).indices + 1
-    scores, ids = exact_top_k(queries, candidates, k, excluded, max_scores)
-    expected_scores, expected_ids = _whole_rows_top_k(queries, candidates, k, excluded, max_scores)
+    widest_tile = max(end - begin for begin, end in tile_bounds(1001, max(k, tile_items)))
+    scores, ids = exact_top_k(queries, candidates, k, excluded, max_scores=block * widest_tile)
+    expected_scores, expected_ids = _whole_rows_top_k(queries, candidates, k, excluded, block)
     assert torch.equal(ids, expected_ids)
     assert torch.equal(scores, expected_scores)
     if with_excluded:
