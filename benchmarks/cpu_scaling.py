@@ -8,9 +8,11 @@ after path: Amazon Office 2023's shape, batch 128, 512 negatives), each
 setting in fresh child processes:
 
 * ``threads``: one process with N torch threads, OpenMP's default wait policy
-  (idle threads spin before they sleep);
+  (idle threads spin ``GOMP_SPINCOUNT`` 300,000 times before they sleep);
 * ``threads, passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle
-  threads sleep at once; what ``main.py`` sets unless the variable is set);
+  threads sleep at once);
+* ``threads, spin 10000``: the same with ``GOMP_SPINCOUNT=10000`` (what
+  importing the package sets unless either variable is set);
 * ``processes``: N processes of one thread each, data-parallel (DDP over
   gloo, as ``main.py --nproc=N``), a batch of 128 each.
 
@@ -40,7 +42,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import cpu_speed  # noqa: E402
 from generative_recommenders.trainer.distributed import DistributedContext, available_cores  # noqa: E402
 
-SETTINGS = ("threads", "threads, passive", "processes")
+SETTINGS = ("threads", "threads, passive", "threads, spin 10000", "processes")
+WAIT_ENVIRONMENT = {"threads, passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "threads, spin 10000": {"GOMP_SPINCOUNT": "10000"}}
 
 
 def timed_steps(context: DistributedContext, steps: int, warmup: int) -> Dict[str, float]:
@@ -77,8 +80,8 @@ def child(args: argparse.Namespace) -> None:
 def run_setting(setting: str, workers: int, args: argparse.Namespace) -> Dict[str, float]:
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
-    if setting == "threads, passive":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env.pop("GOMP_SPINCOUNT", None)
+    env.update(WAIT_ENVIRONMENT.get(setting, {}))
     ranks = range(workers) if setting == "processes" else range(1)
     command = [
         sys.executable, __file__, "--child", "--setting", setting, "--workers", str(workers),
@@ -112,7 +115,7 @@ def main(argv: List[str]) -> None:
     print("|---|---|---|---|")
     for workers in args.workers:
         for setting in args.settings:
-            if setting == "threads, passive" and workers == 1:
+            if setting in WAIT_ENVIRONMENT and workers == 1:
                 continue  # one thread never waits for another
             r = run_setting(setting, workers, args)
             print(f"| {setting} | {workers} | {r['sequences'] / r['wall_s']:,.0f} | {r['sequences'] / r['cpu_s']:,.0f} |", flush=True)

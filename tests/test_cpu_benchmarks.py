@@ -43,3 +43,23 @@ def test_training_steps_of_both_paths_run_and_count_their_sequences():
     timing = cpu_speed.train_case(cpu_speed.PAPER_CONFIG, data, steps=2)
     assert timing.count == {"before": 256, "after": 256}
     assert timing.cpu["before"] > 0 and timing.cpu["after"] > 0
+
+
+@pytest.mark.parametrize(
+    "environment, expected",
+    [
+        ({}, ("10000", None)),  # the package's spin count
+        ({"GOMP_SPINCOUNT": "500"}, ("500", None)),  # the user's, kept
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, (None, "ACTIVE")),  # a policy the user set: no spin count added
+    ],
+)
+def test_importing_the_package_sets_openmps_spin_count_unless_the_user_did(environment, expected):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(environment)
+    code = "import os, generative_recommenders; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert tuple(None if value == "None" else value for value in out) == expected
