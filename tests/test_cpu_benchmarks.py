@@ -45,6 +45,13 @@ def test_training_steps_of_both_paths_run_and_count_their_sequences():
     assert timing.cpu["before"] > 0 and timing.cpu["after"] > 0
 
 
+def test_evaluation_case_ranks_every_user_alike_on_both_paths():
+    # Each path ranks the same batches in the same order, so the ranks compare user by user.
+    timing, differing = cpu_speed.eval_case(cpu_speed.paper_scale_users(700), batches=5)
+    assert differing == 0
+    assert timing.count == {"before": 640, "after": 640}
+
+
 @pytest.mark.parametrize(
     "environment, expected",
     [
