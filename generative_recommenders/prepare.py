@@ -66,7 +66,7 @@ from generative_recommenders.text.embedding_store import (
     write_item_texts,
 )
 from generative_recommenders.text.encoders import check_text_encoder_name, get_text_encoder
-from generative_recommenders.text.item_text import item_texts, read_item_metadata
+from generative_recommenders.text.item_text import RECIPES, item_texts, read_item_metadata
 
 # The item text encoder: "blair" (the paper), "blair-large", "gre-small", "gre-base",
 # "gre-large" (GRE), "openai" (text-embedding-3-large, 768-d), "minilm" (bundled, works offline),
@@ -261,6 +261,12 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help=f"item text encoder, or none (default {text_embedding_model})",
     )
     parser.add_argument(
+        "--text_recipe",
+        choices=sorted(RECIPES),
+        help="how an item's text is made from its metadata (default: the dataset's own: amazon, steam or "
+        "movielens, local for --local_dir); greb_amazon is GRE-B's Amazon text: title. features description",
+    )
+    parser.add_argument(
         "--text_fields",
         help="for --local_dir: comma-separated items.jsonl fields to embed, in order "
         "(default: every field in file order)",
@@ -270,6 +276,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error("--local_dir and --dataset_name go together")
     if args.dataset_name is not None and Path(args.dataset_name).name != args.dataset_name:
         parser.error(f"--dataset_name must be a plain folder name, got {args.dataset_name!r}")
+    if args.text_fields is not None and args.text_recipe not in (None, "local"):
+        parser.error(f"--text_fields chooses the fields of the local recipe, not of --text_recipe {args.text_recipe}")
     if not args.dataset and args.local_dir is None:
         args.dataset = list(PAPER_DATASETS)
     args.dataset = list(dict.fromkeys(RELEASE_NAMES.get(name, name) for name in args.dataset))
@@ -282,6 +290,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def _command(args: argparse.Namespace, dataset: List[str]) -> str:
     """The command line that prepares one dataset as ``args`` do, for its manifest."""
     words = ["python3", "preprocess_public_data.py", *dataset]
+    if args.text_recipe is not None:
+        words += ["--text_recipe", args.text_recipe]
     if args.data_root != DEFAULT_DATA_ROOT:
         words += ["--data_root", str(args.data_root)]
     return shlex.join(words)
@@ -299,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         public = PUBLIC_DATASETS[name]
         raw = ["--raw_dir", str(args.raw_dir)] if args.raw_dir is not None else []
         texts, num_items = prepare_dataset(
-            name, partial(public.load, raw_dir), args.data_root, args.force, public.text_recipe,
+            name, partial(public.load, raw_dir), args.data_root, args.force, args.text_recipe or public.text_recipe,
             _command(args, ["--dataset", name, *raw]), timestamp_unit=public.timestamp_unit,
             to_embed=args.text_embedding_model != "none", source={"public_dataset": name},
         )
@@ -310,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         fields = ["--text_fields", ",".join(args.text_fields)] if args.text_fields else []
         texts, _ = prepare_dataset(
             args.dataset_name, partial(load_local_dataset, args.local_dir), args.data_root,
-            args.force, "local",
+            args.force, args.text_recipe or "local",
             _command(args, ["--local_dir", str(args.local_dir), "--dataset_name", args.dataset_name, *fields]),
             args.text_fields, to_embed=args.text_embedding_model != "none",
             source={"local_dir": str(args.local_dir.resolve())},

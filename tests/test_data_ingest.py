@@ -536,6 +536,29 @@ def test_the_manifest_records_the_command_that_prepared_the_folder(toy_dir: Path
     assert sorted(manifest["files"]) == ["data_maps.json", "item_metadata.jsonl", "item_texts.json", "sasrec_format.csv"]
 
 
+def test_text_recipe_makes_gre_bs_amazon_text_and_is_recorded(tmp_path: Path, capsys) -> None:
+    items = [
+        {"item_id": "a", "title": "Pen", "features": ["Blue ink", "Fine tip"], "description": ["<b>Writes</b> well."]},
+        {"item_id": "b", "title": "Desk", "description": "Oak."},
+        {"item_id": "c", "title": "Cee"},
+    ]
+    source = write_local(tmp_path / "src", TIMED_INTERACTIONS, items)
+    out_root = tmp_path / "out"
+    assert prepare_local(source, out_root, "--text_recipe", "greb_amazon") == 0
+    texts = json.loads((out_root / "toy" / "item_texts.json").read_text())
+    # Item order b, a, c (first appearance); title + ". " + features + description, HTML removed.
+    assert texts == ["Desk. Oak.", "Pen. Blue ink Fine tipWrites well.", "Cee."]
+    manifest = json.loads((out_root / "toy" / "manifest.json").read_text())
+    assert "--text_recipe greb_amazon" in manifest["prepare_command"]
+    # --text_fields chooses the local recipe's fields only.
+    with pytest.raises(SystemExit) as exit_:
+        preprocess_public_data.parse_args(["--local_dir", str(source), "--dataset_name", "toy2",
+                                           "--text_recipe", "greb_amazon", "--text_fields", "title"])
+    assert exit_.value.code == 2
+    assert "--text_fields chooses the fields of the local recipe" in capsys.readouterr().err
+    assert not (out_root / "toy2").exists()
+
+
 def test_a_unicode_catalogue_keeps_its_texts_in_normal_form_c(tmp_path: Path, capsys, caplog) -> None:
     """Only the paper's Amazon datasets replace non-ASCII characters (the reference's recipe)."""
     titles = ["東京タワー", "Привет мир", "Gro\u0308\u00dfe Stra\u00dfe", "caf\u00e9 \u2615", "Ελληνικά", "한국어 책",
