@@ -47,6 +47,7 @@ TUNE_SPACE = "greb/search-space.toml"  # a shipped search space (gr-tune)
 def greb_models() -> Dict[str, Any]:
     """GRE-B's models: ``{key: ModelSpec}`` for each shipped config ``greb/<key>`` (its ``-text`` twin
     aside), the registered model that config trains; retrieval models first."""
+    import generative_recommenders.trainer.train  # noqa: F401  (registers train_fn and the models' configurables)
     from generative_recommenders.config_files import available_configs, resolve_config
     from generative_recommenders.modeling.registry import model_spec
     from generative_recommenders.trainer.config import bound_parameter, parse_gin
