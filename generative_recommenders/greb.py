@@ -241,9 +241,11 @@ def check_runs(args: argparse.Namespace, datasets: Sequence[str]) -> None:
 
 def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str, seed: int) -> Dict[str, Any]:
     """A trainer results record as the tables read it."""
+    from generative_recommenders.modeling.registry import model_spec
+
     record = {
         "dataset": dataset, "encoder": encoder, "model": model, "seed": seed,
-        "title": results["config"]["main_module"], "task": results["task"],
+        "title": model_spec(results["config"]["main_module"]).title, "task": results["task"],
         "test": results["best"]["test"],
         TIME_COLUMN: results["train_seconds"] / max(1, results["epochs_trained"]),
         EPOCHS_COLUMN: results["epochs_trained"],

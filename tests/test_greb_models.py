@@ -203,7 +203,13 @@ def test_sasrec_learns_with_binary_cross_entropy():
 
 
 def test_registry_builds_the_greb_models_by_name_with_their_tasks():
-    from generative_recommenders.modeling.registry import ModelInputs, UnknownModelError, build_model, model_task
+    from generative_recommenders.modeling.registry import (
+        ModelInputs,
+        UnknownModelError,
+        build_model,
+        model_spec,
+        model_task,
+    )
 
     text = torch.randn(11, 8)
     inputs = ModelInputs(num_items=10, embedding_dim=16, num_positions=21, dropout_rate=0.0,
@@ -212,6 +218,8 @@ def test_registry_builds_the_greb_models_by_name_with_their_tasks():
     assert {name: model_task(name) for name in names} == {
         "HSTU": "retrieval", "SASRec": "retrieval", "GREBSASRec": "retrieval", "DSSM": "retrieval",
         "DIN": "ctr", "DeepFM": "ctr"}
+    # GRE-B's tables name its SASRec as GRE-B does; a model without a title goes by its name.
+    assert (model_spec("GREBSASRec").title, model_spec("DSSM").title) == ("SASRec", "DSSM")
     din = build_model("DIN", inputs)
     assert din.fields.num_fields == 3 and din.description() == "DIN-id16-cat-text8"
     assert build_model("DSSM", inputs).all_item_embeddings().shape == (11, 128)

@@ -156,7 +156,7 @@ def post_ln_block(
     return layer.norm2(h + layer.dropout2(feed_forward))
 
 
-@register_model("GREBSASRec")
+@register_model("GREBSASRec", title="SASRec")  # GRE-B's tables call it SASRec
 def build_greb_sasrec(inputs: ModelInputs) -> GREBSASRec:
     """GRE-B's SASRec (or TE_ID_SASRec with ``inputs.text_embeddings``); ``greb_sasrec.*`` from gin."""
     item_embedding = item_embedding_module(inputs.num_items, inputs.embedding_dim, inputs.text_embeddings)

@@ -114,29 +114,35 @@ TrainingLoss = Callable[..., torch.Tensor]
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One registration: the builder, the task, and the losses it trains with (None: the task's)."""
+    """One registration: the builder, the task, the losses it trains with (None: the task's) and the
+    title reports give it."""
 
     name: str
     task: str
     builder: ModelBuilder
     losses: Optional[Mapping[str, TrainingLoss]] = None
+    title: str = ""
 
 
 _SPECS: Dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, task: str = "retrieval", losses: Optional[Mapping[str, TrainingLoss]] = None
+    name: str,
+    task: str = "retrieval",
+    losses: Optional[Mapping[str, TrainingLoss]] = None,
+    title: Optional[str] = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: registers ``builder`` as the model ``name``, trained on ``task`` (one of ``TASKS``)
-    with ``losses`` (``loss_module`` name -> loss; default: the task's losses)."""
+    with ``losses`` (``loss_module`` name -> loss; default: the task's losses); ``title`` names it in
+    reports (default ``name``)."""
     if task not in TASKS:
         raise ValueError(f"model {name!r}: unknown task {task!r}; choose from {TASKS}")
 
     def register(builder: ModelBuilder) -> ModelBuilder:
         if name in _SPECS and _SPECS[name].builder is not builder:
             raise ValueError(f"a model named {name!r} is registered already ({_SPECS[name].builder.__module__})")
-        _SPECS[name] = ModelSpec(name, task, builder, None if losses is None else dict(losses))
+        _SPECS[name] = ModelSpec(name, task, builder, None if losses is None else dict(losses), title or name)
         return builder
 
     return register
