@@ -9,7 +9,8 @@ It prepares what is missing (datasets under
 checks every encoder and setting before anything trains, trains every
 (dataset, encoder, model, seed) with ``configs/greb/<model>[-text].gin``
 (a finished run is not trained again: the trainer returns its results) and
-writes ``greb.md``, ``greb.csv`` and ``greb.png`` to ``--output_dir``.
+writes ``greb.md``, ``greb.csv`` and ``greb.png`` to ``--output_dir`` from every
+finished run there (several invocations, e.g. one per core, share one table).
 
 GRE-B's models are the configs in ``configs/greb/`` (``<model>.gin``, with
 text ``<model>-text.gin``); each trains a registered model, whose registration
@@ -31,6 +32,7 @@ Recall@10 is HR@10.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from functools import partial
@@ -257,6 +259,23 @@ def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str,
     return record
 
 
+def finished_records(output_dir: Path) -> List[Dict[str, Any]]:
+    """A record of every finished GRE-B run under ``output_dir/runs``, whichever invocation trained it
+    (one process per dataset or per core writes one table); a folder the runner did not name is left out."""
+    known = greb_models()
+    records = []
+    for path in sorted(Path(output_dir, "runs").glob("*/*/results.json")):
+        results = json.loads(path.read_text())
+        config = results.get("config", {})
+        if not results.get("finished") or "run_name" not in config:
+            continue
+        encoder = results.get("text_embedding_model") or NAIVE
+        model, _, folder = config["run_name"].rpartition("-" + _folder_name(encoder))
+        if model in known and folder == "":
+            records.append(greb_record(results, config["dataset_name"], encoder, model, config["random_seed"]))
+    return records
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from generative_recommenders.logs import configure_logging
     from generative_recommenders.trainer.train import train_config_file
@@ -266,7 +285,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     datasets = prepare_datasets(args)
     prepare_embeddings(datasets, args.encoders, args.data_root)
     check_runs(args, datasets)
-    records = []
     for dataset in datasets:
         for encoder in args.encoders:
             for model in args.models:
@@ -274,9 +292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for seed in args.seeds:
                     bindings = run_bindings(args, dataset, encoder, model, seed) + tuned
                     # resume: a run cut short goes on from its checkpoint; a finished one returns its results.
-                    results = train_config_file(config_file(model, encoder), bindings, resume=True)
-                    records.append(greb_record(results, dataset, encoder, model, seed))
-                    paths = write_greb_tables(records, args.output_dir)  # the table so far
+                    train_config_file(config_file(model, encoder), bindings, resume=True)
+                    paths = write_greb_tables(finished_records(args.output_dir), args.output_dir)  # the table so far
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
