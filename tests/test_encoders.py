@@ -1,6 +1,7 @@
 """Text encoders: bundled MiniLM offline, the transformers code path on a tiny local RoBERTa, and
 the OpenAI encoder against a local fake embeddings server."""
 
+import hashlib
 import json
 import logging
 import socket
@@ -152,8 +153,9 @@ def test_cls_pooling_matches_last_hidden_state(tiny_roberta):
     texts = ["the red calculator", "blue guitar case", "a"]
     embeddings = encoder.encode(texts)
     assert embeddings.shape == (3, 32) and encoder.dim == 32
-    assert encoder.cache_key == f"hf:{tiny_roberta}|cls|max512|norm0"
-    assert encoder.metadata["normalized"] is False
+    weights = hashlib.sha256(b"model.safetensors\0" + (tiny_roberta / "model.safetensors").read_bytes()).hexdigest()
+    assert encoder.cache_key == f"hf:{tiny_roberta}|cls|max512|norm0|weights{weights[:16]}"
+    assert encoder.metadata["normalized"] is False and encoder.metadata["weights_sha256"] == weights
 
     model = AutoModel.from_pretrained(tiny_roberta).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_roberta)
@@ -161,6 +163,35 @@ def test_cls_pooling_matches_last_hidden_state(tiny_roberta):
         for text, embedding in zip(texts, embeddings):
             expected = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, 0]
             torch.testing.assert_close(embedding, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_of_a_folder_trained_again_are_not_taken_for_the_old_ones(tiny_roberta, tmp_path):
+    import shutil
+
+    from transformers import RobertaModel
+
+    from generative_recommenders.text.embedding_store import (
+        EmbeddingFileError,
+        compute_item_text_embeddings,
+        load_item_text_embeddings,
+        texts_hash,
+    )
+
+    folder = Path(shutil.copytree(tiny_roberta, tmp_path / "model"))
+    texts = ["the red calculator", "blue guitar case"]
+    first = get_text_encoder(f"hf:{folder}", device="cpu")
+    compute_item_text_embeddings(texts, first, tmp_path / "data", tmp_path / "cache")
+    old = load_item_text_embeddings(tmp_path / "data", f"hf:{folder}", 2, texts_hash(texts))
+    torch.manual_seed(1)  # the same path, other weights
+    RobertaModel(RobertaModel.config_class.from_pretrained(folder)).save_pretrained(folder)
+    with pytest.raises(EmbeddingFileError, match="the weights in .* changed since the embeddings were computed"):
+        load_item_text_embeddings(tmp_path / "data", f"hf:{folder}", 2, texts_hash(texts))
+    second = get_text_encoder(f"hf:{folder}", device="cpu")
+    assert second.cache_key != first.cache_key  # the cache does not hand back the old weights' vectors
+    compute_item_text_embeddings(texts, second, tmp_path / "data", tmp_path / "cache")
+    new = load_item_text_embeddings(tmp_path / "data", f"hf:{folder}", 2, texts_hash(texts))
+    assert not torch.allclose(new, old)
+    torch.testing.assert_close(new[1:], second.encode(texts))
 
 
 def test_truncates_at_max_length(tiny_roberta):
@@ -184,7 +215,7 @@ def test_normalize_gives_unit_norm(tiny_roberta):
     encoder = get_text_encoder(f"hf:{tiny_roberta}", pooling="cls", normalize=True, device="cpu")
     norms = encoder.encode(["the red calculator", "blue"]).norm(dim=1)
     torch.testing.assert_close(norms, torch.ones(2))
-    assert encoder.metadata["normalized"] is True and encoder.cache_key.endswith("norm1")
+    assert encoder.metadata["normalized"] is True and "|norm1|" in encoder.cache_key
 
 
 def test_blair_without_hub_names_the_offline_choice(hub_offline):

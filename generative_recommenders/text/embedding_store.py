@@ -38,6 +38,7 @@ from generative_recommenders.data.sequence_format import (
 from generative_recommenders.errors import UserError
 from generative_recommenders.logs import get_logger
 from generative_recommenders.text.encoders import TextEncoder
+from generative_recommenders.text.sentence_folder import weights_sha256
 
 # Sidecar fields that the loader checks; encoder metadata may repeat them, not change them.
 _CHECKED_FIELDS = ("cache_key", "dim", "num_items", "texts_hash")
@@ -290,6 +291,13 @@ def load_item_text_embeddings(
             f"but the dataset has {num_items} items, so {num_items + 1} rows are expected; "
             f"rerun {rerun}"
         )
+    folder = model_name[len("hf:"):] if model_name.startswith("hf:") else None
+    if "weights_sha256" in sidecar and folder is not None and os.path.isdir(folder):
+        if weights_sha256(folder) != sidecar["weights_sha256"]:
+            raise EmbeddingFileError(
+                f"{path}: the weights in {folder} changed since the embeddings were computed "
+                f"(it was trained or replaced again); rerun {rerun}"
+            )
     if sidecar_hash != texts_hash:
         raise EmbeddingFileError(
             f"{path}: the item texts changed since the embeddings were computed "

@@ -29,7 +29,12 @@ from tqdm import tqdm
 
 from generative_recommenders.errors import UserError
 from generative_recommenders.logs import get_logger
-from generative_recommenders.text.sentence_folder import POOLINGS, pool_hidden_states, read_sentence_settings
+from generative_recommenders.text.sentence_folder import (
+    POOLINGS,
+    pool_hidden_states,
+    read_sentence_settings,
+    weights_sha256,
+)
 
 if TYPE_CHECKING:
     import tiktoken
@@ -155,6 +160,11 @@ class HFTextEncoder(_BatchedEncoder):
             "max_length": max_length,
             "dim": self.dim,
         }
+        # A local folder's weights may change under the same path (trained again): they key its cache.
+        weights = weights_sha256(model_name_or_path) if os.path.isdir(model_name_or_path) else None
+        if weights is not None:
+            self.cache_key += f"|weights{weights[:16]}"
+            self.metadata["weights_sha256"] = weights
 
     @torch.inference_mode()
     def _encode_batch(self, batch: List[str]) -> torch.Tensor:

@@ -9,6 +9,7 @@ here (``hf:<folder>``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,3 +81,22 @@ def write_sentence_settings(folder: Path, settings: SentenceSettings, dim: int) 
     }
     for path, content in files.items():
         path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def weights_sha256(folder: str) -> Optional[str]:
+    """sha256 over a local model folder's weight files (``*.safetensors``, ``pytorch_model*.bin``: names
+    and bytes, in name order), or None where it has none. Embeddings computed with a folder are tied to
+    it, so that a folder trained again under the same path is not taken for the old one."""
+    files = sorted(
+        path for path in Path(folder).iterdir()
+        if path.is_file() and (path.suffix == ".safetensors" or (path.name.startswith("pytorch_model") and path.suffix == ".bin"))
+    )
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
