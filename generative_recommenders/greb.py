@@ -273,7 +273,8 @@ def finished_records(output_dir: Path) -> List[Dict[str, Any]]:
         model, _, folder = config["run_name"].rpartition("-" + _folder_name(encoder))
         if model in known and folder == "":
             records.append(greb_record(results, config["dataset_name"], encoder, model, config["random_seed"]))
-    return records
+    order = list(known)  # GRE-B's models in their order, the id-only row first
+    return sorted(records, key=lambda r: (r["dataset"], order.index(r["model"]), r["encoder"] != NAIVE, r["encoder"], r["seed"]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -55,7 +55,7 @@ def test_the_runner_trains_every_model_and_writes_the_table(tmp_path, local_dir)
     assert main(_argv(tmp_path, local_dir, "--models", "dssm", "--gin_bindings", "train_fn.local_batch_size = 32",
                       "--cold_item_share", "0.1", "--epochs", "2")) == 0
     rows = list(csv.DictReader((tmp_path / "greb" / "greb.csv").open()))
-    assert [(r["model"], r["title"]) for r in rows] == [("dssm", "DSSM"), ("din", "DIN")]
+    assert [(r["model"], r["title"]) for r in rows] == [("dssm", "DSSM"), ("din", "DIN")]  # GRE-B's model order
     epochs = {name: len(json.loads((tmp_path / "greb" / "runs" / "walks" / name / "results.json").read_text())["epochs"])
               for name in finished}
     assert epochs == {"din-none-s1": 1, "dssm-none-s1": 2}
