@@ -102,6 +102,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if unknown:
         raise GrebError(f"--models: {', '.join(unknown)} is not a GRE-B model; choose from {', '.join(known)}")
     args.tasks = {model: known[model].task for model in args.models}
+    args.known_models = list(known)
     try:
         args.seeds = [int(seed) for seed in _names(args.seeds, "--seeds")]
     except ValueError:
@@ -184,12 +185,17 @@ def _folder_name(encoder: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", encoder).strip("-")
 
 
+def run_name(model: str, encoder: str, tuned: bool = False) -> str:
+    """The run folder name of a cell (its seeds add ``-s<seed>``); ``tuned``: trained with ``--tune``'s bindings."""
+    return f"{model}-{_folder_name(encoder)}{'-tuned' if tuned else ''}"
+
+
 def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: str, seed: int) -> List[str]:
     bindings = [
         f'train_fn.dataset_name = "{dataset}"',
         f'train_fn.data_root = "{args.data_root}"',
         f'train_fn.output_root = "{args.output_dir / "runs"}"',
-        f'train_fn.run_name = "{model}-{_folder_name(encoder)}"',
+        f'train_fn.run_name = "{run_name(model, encoder)}"',
         f"train_fn.random_seed = {seed}",
     ]
     if encoder != NAIVE:
@@ -213,7 +219,7 @@ def tuned_cell_bindings(args: argparse.Namespace, dataset: str, encoder: str, mo
         config_file(model, encoder), run_bindings(args, dataset, encoder, model, args.seeds[0]), args.tune_space,
         args.tune, args.output_dir / "tune" / f"{dataset}-{_folder_name(encoder)}-{model}",
     )
-    return best + [f'train_fn.run_name = "{model}-{_folder_name(encoder)}-tuned"']
+    return best + [f'train_fn.run_name = "{run_name(model, encoder, tuned=True)}"']
 
 
 def config_file(model: str, encoder: str) -> str:
@@ -259,21 +265,19 @@ def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str,
     return record
 
 
-def finished_records(output_dir: Path) -> List[Dict[str, Any]]:
-    """A record of every finished GRE-B run under ``output_dir/runs``, whichever invocation trained it
-    (one process per dataset or per core writes one table); a folder the runner did not name is left out."""
-    known = greb_models()
+def finished_records(output_dir: Path, models: Sequence[str], tuned: bool = False) -> List[Dict[str, Any]]:
+    """A record of every finished run of ``models`` (GRE-B's, in table order) under ``output_dir/runs``,
+    whichever invocation trained it (one process per dataset or per core writes one table); with
+    ``tuned``, the ``--tune`` runs instead of the others. A folder the runner did not name is left out."""
     records = []
     for path in sorted(Path(output_dir, "runs").glob("*/*/results.json")):
         results = json.loads(path.read_text())
         config = results.get("config", {})
-        if not results.get("finished") or "run_name" not in config:
-            continue
         encoder = results.get("text_embedding_model") or NAIVE
-        model, _, folder = config["run_name"].rpartition("-" + _folder_name(encoder))
-        if model in known and folder == "":
-            records.append(greb_record(results, config["dataset_name"], encoder, model, config["random_seed"]))
-    order = list(known)  # GRE-B's models in their order, the id-only row first
+        named = [m for m in models if config.get("run_name") == run_name(m, encoder, tuned)]
+        if results.get("finished") and named:
+            records.append(greb_record(results, config["dataset_name"], encoder, named[0], config["random_seed"]))
+    order = list(models)  # the id-only row first
     return sorted(records, key=lambda r: (r["dataset"], order.index(r["model"]), r["encoder"] != NAIVE, r["encoder"], r["seed"]))
 
 
@@ -294,7 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     bindings = run_bindings(args, dataset, encoder, model, seed) + tuned
                     # resume: a run cut short goes on from its checkpoint; a finished one returns its results.
                     train_config_file(config_file(model, encoder), bindings, resume=True)
-                    paths = write_greb_tables(finished_records(args.output_dir), args.output_dir)  # the table so far
+                    records = finished_records(args.output_dir, args.known_models, tuned=args.tune is not None)
+                    paths = write_greb_tables(records, args.output_dir)  # the table so far
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -79,3 +79,26 @@ def test_bad_input_is_refused_before_anything_trains(tmp_path, local_dir, extra,
         main(_argv(tmp_path, local_dir, *extra))
     assert isinstance(error.value, UserError)
     assert not (tmp_path / "greb").exists()
+
+
+def test_finished_records_take_the_runners_folders_tuned_or_not(tmp_path):
+    from generative_recommenders.greb import finished_records
+
+    def write(folder, run_name, encoder=None, finished=True):
+        path = tmp_path / "runs" / "walks" / folder
+        path.mkdir(parents=True)
+        results = {"config": {"run_name": run_name, "dataset_name": "walks", "random_seed": 1, "main_module": "DSSM"},
+                   "text_embedding_model": encoder, "finished": finished, "task": "retrieval",
+                   "best": {"test": {"ndcg@10": 0.5}}, "train_seconds": 4.0, "epochs_trained": 2,
+                   "dataset": {"num_items": 30}}
+        (path / "results.json").write_text(json.dumps(results))
+
+    write("dssm-none-s1", "dssm-none")
+    write("dssm-none-tuned-s1", "dssm-none-tuned")
+    write("dssm-minilm-s1", "dssm-minilm", encoder="minilm")
+    write("dssm-hf-x-s1", "dssm-hf-x", encoder="hf:x", finished=False)  # cut short
+    write("mine-s1", "mine")  # not a folder the runner named
+    plain = finished_records(tmp_path, ["dssm", "din"])
+    assert [(r["model"], r["encoder"], r["title"], r["seconds_per_epoch"]) for r in plain] == [
+        ("dssm", "none", "DSSM", 2.0), ("dssm", "minilm", "DSSM", 2.0)]
+    assert [r["encoder"] for r in finished_records(tmp_path, ["dssm"], tuned=True)] == ["none"]
