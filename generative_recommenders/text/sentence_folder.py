@@ -9,11 +9,12 @@ here (``hf:<folder>``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -93,10 +94,17 @@ def weights_sha256(folder: str) -> Optional[str]:
     )
     if not files:
         return None
+    return _files_sha256(tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+
+
+@functools.lru_cache(maxsize=16)
+def _files_sha256(files: Tuple[Tuple[str, int, int], ...]) -> str:
+    """The digest of ``files`` (path, size, modification time): read once per process while they are
+    unchanged (every dataset and run of a benchmark loads the same encoder's embeddings)."""
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as stream:
+    for path, _, _ in files:
+        digest.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as stream:
             for block in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
