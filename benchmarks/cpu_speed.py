@@ -10,9 +10,9 @@ this process's CPU time (user + system, all threads) and its wall time.
 * ``train-paper``: HSTU training steps at the paper's scale (Amazon Office
   2023: 77.6K items, users' lengths a power law on 5..50 with mean 8, the
   paper's config: batch 128, 512 negatives). Before: the negatives gathered
-  into ``[P, 512, 64]``, the id table looked up id by id, AdamW's for-loop.
-  After: ``negative_scoring="auto"`` (chunked here), the table read from the
-  weight, AdamW ``foreach``.
+  into ``[P, 512, 64]``, the id table looked up id by id, AdamW's for-loop,
+  torch's dropout. After: ``negative_scoring="auto"`` (chunked here), the
+  table read from the weight, AdamW ``foreach``, ``ops.dropout``'s CPU masks.
 * ``train-office``: the same on amzn14_office (2,420 items, its config;
   ``auto`` scores the whole table before and after). Needs ``--shared_data``.
 * ``eval-paper``: full-ranking evaluation of 128-user batches at the paper's
@@ -49,6 +49,7 @@ from generative_recommenders.evaluation.metrics import target_ranks, tiled_targe
 from generative_recommenders.evaluation.ranking import CPU_TILE_ITEMS, candidate_embeddings  # noqa: E402
 from generative_recommenders.modeling.losses import resolve_negative_scoring, training_loss  # noqa: E402
 from generative_recommenders.modeling.registry import build_model  # noqa: E402
+from generative_recommenders.ops.dropout import Dropout  # noqa: E402
 from generative_recommenders.retrieval import exact_top_k  # noqa: E402
 from generative_recommenders.trainer import train  # noqa: E402
 from generative_recommenders.trainer.assembly import model_inputs  # noqa: E402
@@ -109,6 +110,14 @@ class Alternation:
         return self.count[name] / self.wall[name]
 
 
+def use_torch_dropout(model: torch.nn.Module) -> None:
+    """``model``'s dropouts as torch's (``bernoulli_`` masks), as before ``ops.dropout``."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, Dropout):
+                setattr(parent, name, torch.nn.Dropout(child.p))
+
+
 def _training(
     config: str, data: SequenceDataset, fast: bool, context: Optional[DistributedContext] = None
 ) -> Callable[[], int]:
@@ -123,6 +132,7 @@ def _training(
     if not fast:  # the id table looked up id by id, as before
         ids = torch.arange(data.num_items + 1)
         model.item_embedding.all_embeddings = functools.partial(model.item_embeddings, ids)
+        use_torch_dropout(model)
     positions = settings.local_batch_size * 8  # the scoring only changes with the step's size near a boundary
     auto = resolve_negative_scoring("auto", data.num_items, settings.num_negatives, positions)
     scoring = "auto" if fast else ("gathered" if auto == "chunked" else auto)

@@ -16,6 +16,8 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from generative_recommenders.ops.dropout import Dropout
+
 
 class Dice(torch.nn.Module):
     """DIN's data-adaptive activation: ``p(x) x + (1 - p(x)) alpha x``, ``p = sigmoid(BN(x))``.
@@ -60,7 +62,7 @@ def mlp(
     (inputs ``[N, C]``)."""
     layers = []
     for width in dims:
-        layers += [torch.nn.Dropout(dropout_rate), torch.nn.Linear(input_dim, width)]
+        layers += [Dropout(dropout_rate), torch.nn.Linear(input_dim, width)]
         if batch_norm:
             layers.append(torch.nn.BatchNorm1d(width))
         layers.append(_activation(activation, width))

@@ -25,6 +25,7 @@ from generative_recommenders.modeling.ctr_fields import (
     xavier_initialization,
 )
 from generative_recommenders.modeling.registry import ModelInputs, register_model
+from generative_recommenders.ops.dropout import Dropout
 
 
 def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,7 @@ class DeepFM(CTRModel):
         dnn_input = (1 + 2 * self.fields.num_fields) * embedding_dim
         self.dnn = torch.nn.Sequential(
             mlp(dnn_input, mlp_dims, activation, dropout_rate, batch_norm=True),
-            torch.nn.Dropout(dropout_rate),
+            Dropout(dropout_rate),
             torch.nn.Linear(mlp_dims[-1] if mlp_dims else dnn_input, 1),
         )
         self.apply(xavier_initialization)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from generative_recommenders.modeling.item_embeddings import item_embedding_module
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 from generative_recommenders.modeling.sequential import SequentialRecommender
+from generative_recommenders.ops.dropout import dropout
 
 
 def normal_initialization(module: torch.nn.Module, std: float = 0.02) -> None:
@@ -151,9 +152,10 @@ def post_ln_block(
         heads(F.linear(queries, query_weight, query_bias)), heads(keys), heads(values),
         attn_mask=allowed.unsqueeze(1), dropout_p=attention.dropout if layer.training else 0.0,
     )
-    h = layer.norm1(queries + layer.dropout1(attention.out_proj(attended.transpose(1, 2).flatten(2))))
-    feed_forward = layer.linear2(layer.dropout(layer.activation(layer.linear1(h))))
-    return layer.norm2(h + layer.dropout2(feed_forward))
+    attended = attention.out_proj(attended.transpose(1, 2).flatten(2))
+    h = layer.norm1(queries + dropout(attended, layer.dropout1.p, layer.training))
+    feed_forward = layer.linear2(dropout(layer.activation(layer.linear1(h)), layer.dropout.p, layer.training))
+    return layer.norm2(h + dropout(feed_forward, layer.dropout2.p, layer.training))
 
 
 @register_model("GREBSASRec", title="SASRec")  # GRE-B's tables call it SASRec

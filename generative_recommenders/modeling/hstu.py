@@ -18,6 +18,7 @@ from generative_recommenders.errors import require_heads
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 from generative_recommenders.modeling.sequential import SequentialRecommender, encoder_arguments, sequential_recommender
 from generative_recommenders.ops import hstu_attention, jagged
+from generative_recommenders.ops.dropout import Dropout
 from generative_recommenders.ops.sequences import (
     DEFAULT_ATTENTION_BACKEND,
     NUM_TIME_BUCKETS,
@@ -70,7 +71,6 @@ class HSTUBlock(torch.nn.Module):
         self.num_heads = num_heads
         self.attention_dim = attention_dim
         self.linear_dim = linear_dim
-        self.dropout_rate = dropout_rate
         self.attn_dropout_rate = attn_dropout_rate
         self.num_positions = num_positions
         self.attention_backend = attention_backend
@@ -80,6 +80,7 @@ class HSTUBlock(torch.nn.Module):
                 mean=0.0, std=0.02
             )
         )
+        self.output_dropout = Dropout(dropout_rate)
         self.output = torch.nn.Linear(linear_dim * num_heads, embedding_dim)
         torch.nn.init.xavier_uniform_(self.output.weight)
         self.relative_attention_bias = (
@@ -106,7 +107,7 @@ class HSTUBlock(torch.nn.Module):
             backend=self.attention_backend,
         ).reshape(-1, h * dv)
         gated = u * F.layer_norm(attended, [h * dv], eps=self.eps)
-        return self.output(F.dropout(gated, p=self.dropout_rate, training=self.training)) + x
+        return self.output(self.output_dropout(gated)) + x
 
 
 @gin.configurable("hstu_encoder")

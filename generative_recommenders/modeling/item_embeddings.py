@@ -12,6 +12,7 @@ import gin
 import torch
 
 from generative_recommenders.errors import SettingError
+from generative_recommenders.ops.dropout import Dropout
 
 FUSION_MODES = ("add", "gate", "concat", "text_only")
 PROJECTIONS = ("linear", "mlp", "dropout_linear_relu")
@@ -99,7 +100,7 @@ class ItemEmbeddingWithText(torch.nn.Module):
             self.text_projection: torch.nn.Module = _linear(text_dim, embedding_dim)
         elif projection == "dropout_linear_relu":
             self.text_projection = torch.nn.Sequential(
-                torch.nn.Dropout(text_dropout_rate), _linear(text_dim, embedding_dim), torch.nn.ReLU()
+                Dropout(text_dropout_rate), _linear(text_dim, embedding_dim), torch.nn.ReLU()
             )
         else:
             hidden = mlp_hidden_dim or 2 * embedding_dim

@@ -14,6 +14,7 @@ from generative_recommenders.errors import require_heads
 from generative_recommenders.modeling.registry import ModelInputs, register_model
 from generative_recommenders.modeling.sequential import SequentialRecommender, encoder_arguments, sequential_recommender
 from generative_recommenders.ops import jagged, softmax_attention
+from generative_recommenders.ops.dropout import Dropout
 from generative_recommenders.ops.sequences import DEFAULT_ATTENTION_BACKEND, JaggedSequences, check_attention_backend
 
 _ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU}
@@ -46,9 +47,9 @@ class SASRecBlock(torch.nn.Module):
         self.ffn = torch.nn.Sequential(
             torch.nn.Linear(embedding_dim, ffn_hidden_dim),
             _ACTIVATIONS[ffn_activation_fn](),
-            torch.nn.Dropout(ffn_dropout_rate),
+            Dropout(ffn_dropout_rate),
             torch.nn.Linear(ffn_hidden_dim, embedding_dim),
-            torch.nn.Dropout(ffn_dropout_rate),
+            Dropout(ffn_dropout_rate),
         )
 
     def forward(self, x: torch.Tensor, sequences: JaggedSequences, num_positions: int) -> torch.Tensor:

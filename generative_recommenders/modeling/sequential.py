@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from generative_recommenders.modeling.item_embeddings import ItemEmbedding, item_embedding_module
 from generative_recommenders.modeling.registry import ModelInputs
+from generative_recommenders.ops.dropout import Dropout
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -74,7 +75,7 @@ class SequentialRecommender(torch.nn.Module):
         else:
             std = math.sqrt(1.0 / self.embedding_dim)
             torch.nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
-        self.input_dropout = torch.nn.Dropout(dropout_rate)
+        self.input_dropout = Dropout(dropout_rate)
         self.user_embedding_norm = user_embedding_norm
         self.l2_norm_eps = l2_norm_eps
         self.item_l2_norm = item_l2_norm

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from generative_recommenders.ops import jagged
+from generative_recommenders.ops.dropout import dropout
 from generative_recommenders.ops.sequences import JaggedSequences, padded_attention, time_bucket
 
 
@@ -32,7 +33,7 @@ def silu_attention_block(
     mask = torch.tril(torch.ones(width, width, device=q.device, dtype=q.dtype))
     weights = F.silu(scores) / num_positions * mask
     if dropout_rate > 0.0:
-        weights = F.dropout(weights, p=dropout_rate)
+        weights = dropout(weights, dropout_rate)
     return torch.einsum("bhnm,bmhd->bnhd", weights, v)
 
 
