@@ -27,6 +27,12 @@ A results record is one trained (dataset, encoder, model, seed)::
 
 ``encoder`` ``none`` is the id-only (naive) model. With one target per user,
 Recall@10 is HR@10.
+
+An encoder name with ``{seed}`` is one encoder per seed (``hf:tmp/gre/gre-ml100k-s{seed}``:
+GRE fine-tuned in-domain without that seed's cold items) and one row of the tables. An encoder
+that ``gre_train`` fine-tuned on a benchmarked dataset is refused for a retrieval run whose
+cold-item split it did not leave out (``gre_training.json`` says which it left out): it has
+seen the held-out items' interactions.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from generative_recommenders.evaluation.target_groups import COLD_ITEMS
 from generative_recommenders.reports.greb_tables import EPOCHS_COLUMN, NAIVE, TIME_COLUMN, write_greb_tables
 
 TUNE_SPACE = "greb/search-space.toml"  # a shipped search space (gr-tune)
+SEED_FIELD = "{seed}"
 
 
 def greb_models() -> Dict[str, Any]:
@@ -80,7 +87,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--dataset", action="append", default=[], help="a prepared or public dataset (repeatable)")
     parser.add_argument("--local_dir", action="append", default=[], type=Path,
                         help="a local-format folder (interactions.csv + items.jsonl), named by its folder (repeatable)")
-    parser.add_argument("--encoders", default="none,minilm", help="text encoders; none is the id-only model")
+    parser.add_argument("--encoders", default="none,minilm",
+                        help="text encoders; none is the id-only model; {seed} in a name: one encoder per seed")
     parser.add_argument("--models", help="configs of configs/greb/ by name (default: every one)")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--epochs", type=int, help="caps every model's epochs (a quick look)")
@@ -185,17 +193,49 @@ def _folder_name(encoder: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", encoder).strip("-")
 
 
+def encoder_for_seed(encoder: str, seed: int) -> str:
+    """The encoder that trains ``seed``'s runs: ``encoder`` with ``{seed}`` replaced by the seed."""
+    return encoder.replace(SEED_FIELD, str(seed))
+
+
+def check_in_domain_encoders(args: argparse.Namespace, datasets: Sequence[str]) -> None:
+    """A GRE encoder fine-tuned on a benchmarked dataset left out each retrieval run's cold items."""
+    if not args.cold_item_share or all(task != "retrieval" for task in args.tasks.values()):
+        return
+    for encoder in args.encoders:
+        for seed in args.seeds:
+            name = encoder_for_seed(encoder, seed)
+            record = Path(name[len("hf:"):]) / "gre_training.json"
+            if not name.startswith("hf:") or not record.is_file():
+                continue
+            settings = json.loads(record.read_text())["settings"]
+            held_out = (settings.get("cold_item_share"), settings.get("cold_item_seed"))
+            for dataset in set(datasets) & set(settings["dataset"]):
+                if held_out != (args.cold_item_share, seed):
+                    left_out = "none" if not held_out[0] else f"share {held_out[0]}, seed {held_out[1]}"
+                    raise GrebError(
+                        f"--encoders {name}: fine-tuned on {dataset}'s pairs with cold items left out: {left_out}; "
+                        f"seed {seed} holds out share {args.cold_item_share}, seed {seed}, whose interactions it has "
+                        f"seen. Train one encoder per seed (gre_train --cold_item_share {args.cold_item_share} "
+                        f"--cold_item_seed N) and name them with {SEED_FIELD} (hf:DIR-s{SEED_FIELD})"
+                    )
+
+
 def run_name(model: str, encoder: str, tuned: bool = False) -> str:
     """The run folder name of a cell (its seeds add ``-s<seed>``); ``tuned``: trained with ``--tune``'s bindings."""
     return f"{model}-{_folder_name(encoder)}{'-tuned' if tuned else ''}"
 
 
-def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: str, seed: int) -> List[str]:
+def run_bindings(
+    args: argparse.Namespace, dataset: str, encoder: str, model: str, seed: int, tuned: bool = False
+) -> List[str]:
+    """The runner's bindings of one run (``tuned``: named as trained with ``--tune``'s bindings)."""
+    encoder = encoder_for_seed(encoder, seed)
     bindings = [
         f'train_fn.dataset_name = "{dataset}"',
         f'train_fn.data_root = "{args.data_root}"',
         f'train_fn.output_root = "{args.output_dir / "runs"}"',
-        f'train_fn.run_name = "{run_name(model, encoder)}"',
+        f'train_fn.run_name = "{run_name(model, encoder, tuned)}"',
         f"train_fn.random_seed = {seed}",
     ]
     if encoder != NAIVE:
@@ -210,7 +250,7 @@ def run_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: st
 
 
 def tuned_cell_bindings(args: argparse.Namespace, dataset: str, encoder: str, model: str) -> List[str]:
-    """With ``--tune N``: the best bindings of N trials of the cell (its first seed), and the tuned runs' name."""
+    """With ``--tune N``: the best bindings of N trials of the cell (its first seed)."""
     if args.tune is None:
         return []
     from generative_recommenders.tune import tuned_bindings
@@ -219,7 +259,7 @@ def tuned_cell_bindings(args: argparse.Namespace, dataset: str, encoder: str, mo
         config_file(model, encoder), run_bindings(args, dataset, encoder, model, args.seeds[0]), args.tune_space,
         args.tune, args.output_dir / "tune" / f"{dataset}-{_folder_name(encoder)}-{model}",
     )
-    return best + [f'train_fn.run_name = "{run_name(model, encoder, tuned=True)}"']
+    return best
 
 
 def config_file(model: str, encoder: str) -> str:
@@ -265,10 +305,13 @@ def greb_record(results: Dict[str, Any], dataset: str, encoder: str, model: str,
     return record
 
 
-def finished_records(output_dir: Path, models: Sequence[str], tuned: bool = False) -> List[Dict[str, Any]]:
+def finished_records(
+    output_dir: Path, models: Sequence[str], tuned: bool = False, encoders: Sequence[str] = ()
+) -> List[Dict[str, Any]]:
     """A record of every finished run of ``models`` (GRE-B's, in table order) under ``output_dir/runs``,
     whichever invocation trained it (one process per dataset or per core writes one table); with
-    ``tuned``, the ``--tune`` runs instead of the others. A folder the runner did not name is left out."""
+    ``tuned``, the ``--tune`` runs instead of the others. A folder the runner did not name is left out.
+    A run of an ``encoders`` name with ``{seed}`` is recorded under that name."""
     records = []
     for path in sorted(Path(output_dir, "runs").glob("*/*/results.json")):
         results = json.loads(path.read_text())
@@ -276,7 +319,9 @@ def finished_records(output_dir: Path, models: Sequence[str], tuned: bool = Fals
         encoder = results.get("text_embedding_model") or NAIVE
         named = [m for m in models if config.get("run_name") == run_name(m, encoder, tuned)]
         if results.get("finished") and named:
-            records.append(greb_record(results, config["dataset_name"], encoder, named[0], config["random_seed"]))
+            seed = config["random_seed"]
+            encoder = next((e for e in encoders if SEED_FIELD in e and encoder_for_seed(e, seed) == encoder), encoder)
+            records.append(greb_record(results, config["dataset_name"], encoder, named[0], seed))
     order = list(models)  # the id-only row first
     return sorted(records, key=lambda r: (r["dataset"], order.index(r["model"]), r["encoder"] != NAIVE, r["encoder"], r["seed"]))
 
@@ -288,17 +333,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging()
     args = parse_args(argv)
     datasets = prepare_datasets(args)
-    prepare_embeddings(datasets, args.encoders, args.data_root)
+    check_in_domain_encoders(args, datasets)
+    per_seed = dict.fromkeys(encoder_for_seed(e, seed) for e in args.encoders for seed in args.seeds)
+    prepare_embeddings(datasets, list(per_seed), args.data_root)
     check_runs(args, datasets)
     for dataset in datasets:
         for encoder in args.encoders:
             for model in args.models:
-                tuned = tuned_cell_bindings(args, dataset, encoder, model)
+                best = tuned_cell_bindings(args, dataset, encoder, model)
                 for seed in args.seeds:
-                    bindings = run_bindings(args, dataset, encoder, model, seed) + tuned
+                    bindings = run_bindings(args, dataset, encoder, model, seed, args.tune is not None) + best
                     # resume: a run cut short goes on from its checkpoint; a finished one returns its results.
                     train_config_file(config_file(model, encoder), bindings, resume=True)
-                    records = finished_records(args.output_dir, args.known_models, tuned=args.tune is not None)
+                    records = finished_records(args.output_dir, args.known_models, args.tune is not None, args.encoders)
                     paths = write_greb_tables(records, args.output_dir)  # the table so far
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

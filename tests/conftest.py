@@ -36,3 +36,33 @@ def _project_logs_reach_caplog():
     propagation to the root logger; each test starts with propagation on, so caplog sees its records."""
     configure_logging()  # the project's lines on stdout (capsys), whichever test ran first
     logging.getLogger("generative_recommenders").propagate = True
+
+
+@pytest.fixture
+def tiny_bert():
+    """Saves a 2-layer random BERT and a word-level tokenizer over ``words`` to a folder (no download);
+    returns the model and the tokenizer."""
+
+    def save(folder: Path, words):
+        from tokenizers import Tokenizer, models, pre_tokenizers, processors
+        from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        vocab = {token: i for i, token in enumerate([*specials, *words])}
+        backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]",
+                                            pad_token="[PAD]", unk_token="[UNK]")
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=32)
+        model = BertModel(config)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return model, tokenizer
+
+    return save

@@ -145,28 +145,6 @@ def test_sampled_negatives_are_scored_against_the_query():
 WORDS = [f"w{k}" for k in range(24)]
 
 
-def _tiny_bert(folder: Path):
-    """A 2-layer random BERT and a word-level tokenizer, saved to ``folder``; no download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]",
-                                        pad_token="[PAD]", unk_token="[UNK]")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=32)
-    model = BertModel(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model, tokenizer
-
-
 def _texts(num_items: int) -> list:
     """Item k's text: its topic word (k % 6) and two noise words; pairs share the topic."""
     rng = np.random.default_rng(0)
@@ -184,8 +162,8 @@ CONFIG = ContrastiveConfig(pooling="mean", max_length=16, batch_size=16, learnin
                            negatives_per_pair=2, epochs=3, patience=5, seed=7, checkpoint_every=1)
 
 
-def test_a_tiny_bert_learns_the_pairs(tmp_path):
-    model, tokenizer = _tiny_bert(tmp_path / "bert")
+def test_a_tiny_bert_learns_the_pairs(tmp_path, tiny_bert):
+    model, tokenizer = tiny_bert(tmp_path / "bert", WORDS)
     trainer = ContrastiveTrainer(model, tokenizer, [_domain()], CONFIG)
     history = trainer.train()
     assert history.steps == 3 * trainer.steps_per_epoch() == 3 * 5  # 72 training pairs, batches of 16
@@ -197,8 +175,8 @@ class _Killed(Exception):
     pass
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    model, tokenizer = _tiny_bert(tmp_path / "bert")
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_bert):
+    model, tokenizer = tiny_bert(tmp_path / "bert", WORDS)
     domain = _domain()
     torch.manual_seed(1)  # dropout draws from here: the checkpoint must carry it
     uninterrupted = ContrastiveTrainer(model, tokenizer, [domain], CONFIG).train()
@@ -212,12 +190,12 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     signature = {"run": 1}
-    model, tokenizer = _tiny_bert(tmp_path / "bert")
+    model, tokenizer = tiny_bert(tmp_path / "bert", WORDS)
     torch.manual_seed(1)
     with pytest.raises(_Killed):  # mid-epoch 2 (5 steps per epoch), after its checkpoint
         ContrastiveTrainer(model, tokenizer, [domain], CONFIG).train(checkpoint, run_signature=signature, after_step=kill_at(7))
     torch.manual_seed(123)  # a new process: another generator state, another fresh model
-    model, tokenizer = _tiny_bert(tmp_path / "bert")
+    model, tokenizer = tiny_bert(tmp_path / "bert", WORDS)
     resumed = ContrastiveTrainer(model, tokenizer, [domain], CONFIG).train(checkpoint, resume=True, run_signature=signature)
     assert resumed.steps == uninterrupted.steps
     np.testing.assert_allclose(resumed.held_out_loss, uninterrupted.held_out_loss, rtol=1e-5)
@@ -232,7 +210,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
 
 @pytest.fixture
-def prepared(tmp_path):
+def prepared(tmp_path, tiny_bert):
     """A prepared dataset 'topics': 60 users each walking one topic's items (item k's topic: k % 6)."""
     from generative_recommenders import prepare as prep
 
@@ -250,7 +228,7 @@ def prepared(tmp_path):
     (folder / "items.jsonl").write_text("\n".join(json.dumps(item) for item in items) + "\n")
     prep.prepare_dataset("topics", partial(load_local_dataset, folder), tmp_path / "data", False, "local", "prepare",
                          to_embed=False)
-    _tiny_bert(tmp_path / "bert")
+    tiny_bert(tmp_path / "bert", WORDS)
     return tmp_path
 
 
