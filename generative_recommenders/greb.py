@@ -215,9 +215,9 @@ def check_in_domain_encoders(args: argparse.Namespace, datasets: Sequence[str]) 
                     left_out = "none" if not held_out[0] else f"share {held_out[0]}, seed {held_out[1]}"
                     raise GrebError(
                         f"--encoders {name}: fine-tuned on {dataset}'s pairs with cold items left out: {left_out}; "
-                        f"seed {seed} holds out share {args.cold_item_share}, seed {seed}, whose interactions it has "
-                        f"seen. Train one encoder per seed (gre_train --cold_item_share {args.cold_item_share} "
-                        f"--cold_item_seed N) and name them with {SEED_FIELD} (hf:DIR-s{SEED_FIELD})"
+                        f"the seed-{seed} run holds out share {args.cold_item_share} drawn with seed {seed}, whose "
+                        f"interactions it has seen. Train one encoder per seed (gre_train --cold_item_share "
+                        f"{args.cold_item_share} --cold_item_seed N) and name them with {SEED_FIELD} (hf:DIR-s{SEED_FIELD})"
                     )
 
 

@@ -139,11 +139,11 @@ def _gre_folder(path, dataset, cold_item_share, cold_item_seed):
     [
         ("gre-s{seed}", ["--seeds", "1,2"], None),  # each seed its own encoder
         ("gre-s1", ["--seeds", "1"], None),
-        ("gre-s1", ["--seeds", "1,2"], "seed 2 holds out share 0.1, seed 2"),
+        ("gre-s1", ["--seeds", "1,2"], "the seed-2 run holds out share 0.1 drawn with seed 2"),
         ("gre-all", ["--seeds", "1"], "cold items left out: none"),
         ("gre-all", ["--seeds", "1", "--models", "din"], None),  # no cold split in CTR runs
         ("other-s2", ["--seeds", "1"], None),  # fine-tuned on another dataset
-        ("gre-s1", ["--seeds", "1", "--cold_item_share", "0.2"], "seed 1 holds out share 0.2"),
+        ("gre-s1", ["--seeds", "1", "--cold_item_share", "0.2"], "the seed-1 run holds out share 0.2 drawn with seed 1"),
     ],
 )
 def test_an_encoder_fine_tuned_on_a_runs_cold_items_is_refused(tmp_path, monkeypatch, encoder, argv, refused):
